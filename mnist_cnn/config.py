@@ -1,0 +1,141 @@
+"""Shared config pieces for experiments/*.py and the validation every run goes through.
+
+A network is `config.layers`: a tuple of ConfigDicts, each one layer, overridable from
+the command line (`--config.layers[2].features=200`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mnist_cnn import layers as L
+
+LAYER_KINDS = ("conv_pool", "fc", "softmax")
+INITS = ("network3", "modern")
+
+
+class ConfigError(ValueError):
+    """A config value the user can fix; the message names the field."""
+
+
+def conv_pool(features, kernel=5, stride=1, pool="max", pool_window=2, pool_stride=0,
+              activation="sigmoid", padding="VALID"):
+    """network3's ConvPoolLayer: act(pool(conv(x)) + b). pool_stride 0 = the window."""
+    return ml_collections.ConfigDict(dict(
+        kind="conv_pool", features=features, kernel=kernel, stride=stride, padding=padding,
+        pool=pool, pool_window=pool_window, pool_stride=pool_stride, activation=activation))
+
+
+def fc(features, activation="sigmoid", dropout=0.0):
+    """network3's FullyConnectedLayer; dropout acts on the layer's inputs."""
+    return ml_collections.ConfigDict(dict(
+        kind="fc", features=features, activation=activation, dropout=dropout))
+
+
+def softmax(features=10, dropout=0.0):
+    """network3's SoftmaxLayer (zero-initialised); dropout acts on its inputs."""
+    return ml_collections.ConfigDict(dict(kind="softmax", features=features, dropout=dropout))
+
+
+def base_config():
+    """Fields every experiment has, at network3's faithful settings."""
+    c = ml_collections.ConfigDict()
+    c.name = ""
+    c.layers = ()
+    c.num_epochs = 60
+    c.batch_size = 10
+    c.learning_rate = 0.1
+    c.l2 = 0.0                  # the book's lambda, in network3's scaling
+    c.momentum = 0.0
+    c.nesterov = False
+    c.schedule = "constant"     # constant | cosine | onecycle
+    c.warmup_epochs = 0.0       # for onecycle
+    c.seed = 0
+    c.train_size = 50_000       # first N of the book's 50,000 training images
+    c.data_dir = ""             # "" -> $MNIST_DATA_DIR, then the cache directory
+    c.data_source = "auto"      # auto | idx | tfds
+    c.download = True           # fetch into the cache when nothing is found
+    c.shuffle = False           # network3 visits mini-batches in the same order each epoch
+    c.init = "network3"         # network3 | modern (He / LeCun normal, zero biases)
+    c.dropout_mode = "network3"  # network3 (no rescale; weights x (1-p) at eval) | inverted
+    c.conv_impl = "auto"        # auto | patches | xla
+    c.dtype = "float32"
+    c.eval_batch_size = 1000
+    c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
+    return c
+
+
+def _check(cond, msg):
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate(c):
+    """Raises ConfigError with a one-line message naming the first bad field."""
+    for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
+                  "seed"):
+        _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
+    _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
+    _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
+    _check(0 < c.train_size <= 50_000,
+           f"config.train_size must be in [1, 50000], got {c.train_size}")
+    _check(c.batch_size <= c.train_size, f"config.batch_size ({c.batch_size}) exceeds "
+           f"config.train_size ({c.train_size})")
+    _check(c.eval_batch_size > 0, "config.eval_batch_size must be positive")
+    _check(c.chunk_steps > 0, "config.chunk_steps must be positive")
+    for field in ("learning_rate", "l2", "momentum", "warmup_epochs"):
+        _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
+    _check(c.learning_rate > 0,
+           f"config.learning_rate must be positive, got {c.learning_rate}")
+    _check(c.l2 >= 0, f"config.l2 must be >= 0, got {c.l2}")
+    _check(0 <= c.momentum < 1, f"config.momentum must be in [0, 1), got {c.momentum}")
+    _check(c.schedule in ("constant", "cosine", "onecycle"),
+           f"config.schedule must be constant, cosine or onecycle, got {c.schedule!r}")
+    _check(c.init in INITS, f"config.init must be one of {INITS}, got {c.init!r}")
+    _check(c.dropout_mode in L.DROPOUT_MODES,
+           f"config.dropout_mode must be one of {L.DROPOUT_MODES}, got {c.dropout_mode!r}")
+    _check(c.conv_impl in L.CONV_IMPLS,
+           f"config.conv_impl must be one of {L.CONV_IMPLS}, got {c.conv_impl!r}")
+    _check(c.dtype in ("float32", "bfloat16"),
+           f"config.dtype must be float32 or bfloat16, got {c.dtype!r}")
+    _check(c.data_source in ("auto", "idx", "tfds"),
+           f"config.data_source must be auto, idx or tfds, got {c.data_source!r}")
+    _check(isinstance(c.layers, (tuple, list)) and len(c.layers) > 0,
+           "config.layers must be a non-empty list of layers")
+    for i, layer in enumerate(c.layers):
+        _validate_layer(i, layer, last=i == len(c.layers) - 1)
+    return c
+
+
+def _validate_layer(i, layer, last):
+    where = f"config.layers[{i}]"
+    kind = layer.get("kind")
+    _check(kind in LAYER_KINDS, f"{where}.kind must be one of {LAYER_KINDS}, got {kind!r}")
+    _check(_is_int(layer.features) and layer.features > 0,
+           f"{where}.features must be a positive integer, got {layer.features!r}")
+    _check((kind == "softmax") == last, f"{where}: the last layer, and only the last, "
+           "must be a softmax layer")
+    if kind in ("fc", "softmax"):
+        _check(_is_num(layer.dropout) and 0 <= layer.dropout < 1,
+               f"{where}.dropout must be in [0, 1), got {layer.dropout!r}")
+    if kind in ("fc", "conv_pool"):
+        _check(layer.activation in L.ACTIVATIONS,
+               f"{where}.activation must be one of {L.ACTIVATIONS}, got {layer.activation!r}")
+    if kind == "conv_pool":
+        for f in ("kernel", "stride", "pool_window"):
+            _check(_is_int(layer[f]) and layer[f] > 0,
+                   f"{where}.{f} must be a positive integer, got {layer[f]!r}")
+        _check(_is_int(layer.pool_stride) and layer.pool_stride >= 0,
+               f"{where}.pool_stride must be >= 0 (0 means the window), got {layer.pool_stride!r}")
+        _check(layer.pool in L.POOLS,
+               f"{where}.pool must be one of {L.POOLS}, got {layer.pool!r}")
+        _check(layer.padding in ("VALID", "SAME"),
+               f"{where}.padding must be VALID or SAME, got {layer.padding!r}")

@@ -1,0 +1,130 @@
+"""Flax Linen modules assembled from a config's layer list, in network3's layer forms.
+
+Parameters are named `w` (weights, HWIO for convolutions) and `b` (biases) in every
+layer, so the L2 term can pick out the weights by name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mnist_cnn import layers as L
+
+
+def _normal(std):
+    return lambda key, shape, dtype=jnp.float32: std * jax.random.normal(key, shape, dtype)
+
+
+def _weight_init(init, activation, n_out_for_network3):
+    if init == "network3":
+        # network3: w ~ N(0, 1/n_out), with n_out the fan-out (after pooling for conv).
+        return _normal(math.sqrt(1.0 / n_out_for_network3))
+    if activation == "relu":
+        return nn.initializers.he_normal()
+    return nn.initializers.lecun_normal()
+
+
+def _bias_init(init):
+    # network3 draws biases from N(0, 1); the modern choice is zero.
+    return _normal(1.0) if init == "network3" else nn.initializers.zeros
+
+
+class ConvPool(nn.Module):
+    """act(pool(conv(x)) + b): network3's ConvPoolLayer, bias shared per feature map."""
+    features: int
+    kernel: int = 5
+    stride: int = 1
+    padding: str = "VALID"
+    pool: str = "max"
+    pool_window: int = 2
+    pool_stride: int = 0
+    activation: str = "sigmoid"
+    init_scheme: str = "network3"
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        area = self.pool_window ** 2 if self.pool != "none" else 1
+        fan_out = self.features * self.kernel ** 2 / area
+        w = self.param("w", _weight_init(self.init_scheme, self.activation, fan_out),
+                       (self.kernel, self.kernel, x.shape[-1], self.features))
+        b = self.param("b", _bias_init(self.init_scheme), (self.features,))
+        y = L.conv2d(x, w.astype(self.dtype), None, self.stride, self.padding, self.conv_impl)
+        y = L.pool(y, self.pool, self.pool_window, self.pool_stride or None)
+        return L.activation(self.activation)(y + b.astype(self.dtype))
+
+
+class Dense(nn.Module):
+    """act(dropout(x) @ w + b): network3's FullyConnectedLayer (activation 'linear' and
+    zero init give its SoftmaxLayer's logits)."""
+    features: int
+    activation: str = "sigmoid"
+    dropout: float = 0.0
+    dropout_mode: str = "network3"
+    init_scheme: str = "network3"
+    zero_init: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.reshape(x.shape[0], -1)
+        if self.zero_init:
+            w_init, b_init = nn.initializers.zeros, nn.initializers.zeros
+        else:
+            w_init = _weight_init(self.init_scheme, self.activation, self.features)
+            b_init = _bias_init(self.init_scheme)
+        w = self.param("w", w_init, (x.shape[-1], self.features))
+        b = self.param("b", b_init, (self.features,))
+        if self.dropout > 0:
+            key = self.make_rng("dropout") if train else None
+            x = L.dropout(x, self.dropout, key, train, self.dropout_mode)
+        y = L.dense(x, w.astype(self.dtype), b.astype(self.dtype))
+        return L.activation(self.activation)(y)
+
+
+class Network(nn.Module):
+    """A stack of layers described by config.layers; returns softmax logits (float32)."""
+    layers: Sequence[dict]
+    init_scheme: str = "network3"
+    dropout_mode: str = "network3"
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.astype(self.dtype)
+        for i, spec in enumerate(self.layers):
+            kind = spec["kind"]
+            if kind == "conv_pool":
+                x = ConvPool(spec["features"], spec["kernel"], spec["stride"], spec["padding"],
+                             spec["pool"], spec["pool_window"], spec["pool_stride"],
+                             spec["activation"], self.init_scheme, self.conv_impl, self.dtype,
+                             name=f"layer{i}_conv")(x)
+            elif kind == "fc":
+                x = Dense(spec["features"], spec["activation"], spec["dropout"],
+                          self.dropout_mode, self.init_scheme, dtype=self.dtype,
+                          name=f"layer{i}_fc")(x, train)
+            elif kind == "softmax":
+                zero = self.init_scheme == "network3"
+                x = Dense(spec["features"], "linear", spec["dropout"], self.dropout_mode,
+                          self.init_scheme, zero_init=zero, dtype=self.dtype,
+                          name=f"layer{i}_softmax")(x, train)
+            else:
+                raise ValueError(f"unknown layer kind {kind!r}")
+        return x.astype(jnp.float32)
+
+
+def from_config(config) -> Network:
+    layers = tuple(dict(layer) for layer in config.layers)
+    return Network(layers=layers, init_scheme=config.init, dropout_mode=config.dropout_mode,
+                   conv_impl=config.conv_impl, dtype=jnp.dtype(config.dtype))
+
+
+def init_params(model: Network, key, image_shape=(28, 28, 1)):
+    return model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32))["params"]

@@ -1,0 +1,156 @@
+"""Training state, optax SGD, jitted train and eval steps, an epoch in `lax.scan`.
+
+The training images live on the device as uint8 for the whole run; each step slices
+its mini-batch out of them and scales it to [0, 1]. A chunk of `num_steps` mini-batches
+is one jitted `lax.scan`; with chunk_steps >= steps per epoch, a whole epoch is one call.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from mnist_cnn import data, losses, networks
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array     # global mini-batch counter
+    params: Any
+    opt_state: Any
+    key: jax.Array      # root of the dropout and shuffle streams
+
+
+def make_schedule(config, steps_per_epoch: int):
+    lr = config.learning_rate
+    total = config.num_epochs * steps_per_epoch
+    if config.schedule == "constant":
+        return lr
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total)
+    if config.schedule == "onecycle":
+        warm = max(1, int(config.warmup_epochs * steps_per_epoch))
+        return optax.warmup_cosine_decay_schedule(lr / 25, lr, warm, total, lr / 1e4)
+    raise ValueError(f"unknown schedule {config.schedule!r}")
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Plain SGD (network3), or with (Nesterov) momentum and a schedule."""
+    return optax.sgd(make_schedule(config, steps_per_epoch),
+                     momentum=config.momentum or None, nesterov=bool(config.nesterov))
+
+
+def init_state(model, tx, seed: int) -> TrainState:
+    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = networks.init_params(model, init_key)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), run_key)
+
+
+def steps_per_epoch(train_size: int, batch_size: int) -> int:
+    """Full mini-batches per epoch; the remainder is dropped, as network3 does."""
+    return train_size // batch_size
+
+
+def chunk_size(steps: int, target: int) -> int:
+    """The largest divisor of `steps` not above `target`, so one compiled chunk fits all."""
+    target = max(1, min(target, steps))
+    for n in range(target, 0, -1):
+        if steps % n == 0:
+            return n
+    return 1
+
+
+def loss_fn(params, model, images, labels, key, lmbda, num_batches, train=True):
+    """network3's cost: mean log-likelihood + 0.5*lmbda*sum(w**2)/num_batches."""
+    logits = model.apply({"params": params}, images, train=train, rngs={"dropout": key})
+    nll = losses.log_likelihood(logits, labels)
+    return nll + losses.l2_penalty(params, lmbda, num_batches), nll
+
+
+def shuffle_order(key, epoch, n):
+    """The seeded permutation of the training set for one epoch."""
+    return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
+
+
+def batch_indices(order, step_in_epoch, batch_size):
+    return lax.dynamic_slice_in_dim(order, step_in_epoch * batch_size, batch_size)
+
+
+def make_train_step(model, tx, lmbda: float, num_batches: int):
+    """(state, images float NHWC, labels) -> (state, (loss, nll)); pure, jittable."""
+    def step(state: TrainState, images, labels):
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
+        grads, (loss, nll) = _grad(state.params, images, labels, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), (loss, nll)
+
+    def _grad(params, images, labels, key):
+        (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, model, images, labels, key, lmbda, num_batches)
+        return grads, (loss, nll)
+
+    return step
+
+
+def make_train_chunk(model, tx, config, num_batches: int):
+    """Returns jitted chunk(state, images_u8, labels, order, start, num_steps) ->
+    (state, sum of losses, sum of nlls). `order` is None for network3's fixed order."""
+    step = make_train_step(model, tx, config.l2, num_batches)
+    bs = config.batch_size
+
+    @partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))
+    def chunk(state, images, labels, order, start, num_steps):
+        def body(carry, i):
+            state, loss_sum, nll_sum = carry
+            pos = (start + i) * bs
+            if order is None:
+                x = lax.dynamic_slice_in_dim(images, pos, bs)
+                y = lax.dynamic_slice_in_dim(labels, pos, bs)
+            else:
+                idx = lax.dynamic_slice_in_dim(order, pos, bs)
+                x, y = images[idx], labels[idx]
+            state, (loss, nll) = step(state, data.to_float(x), y)
+            return (state, loss_sum + loss, nll_sum + nll), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (state, loss_sum, nll_sum), _ = lax.scan(body, (state, zero, zero),
+                                                 jnp.arange(num_steps))
+        return state, loss_sum, nll_sum
+
+    return chunk
+
+
+def make_eval(model, eval_batch_size: int):
+    """Returns jitted evaluate(params, images_u8, labels) -> (num correct, predictions)."""
+
+    @jax.jit
+    def evaluate(params, images, labels):
+        n = images.shape[0]
+        bs = min(eval_batch_size, n)
+        pad = (-n) % bs
+        xs = jnp.pad(images, ((0, pad), (0, 0), (0, 0))).reshape(-1, bs, *images.shape[1:])
+
+        def predict(x):
+            logits = model.apply({"params": params}, data.to_float(x), train=False)
+            return jnp.argmax(logits, axis=-1)
+
+        preds = lax.map(predict, xs).reshape(-1)[:n]
+        return jnp.sum(preds == labels), preds
+
+    return evaluate
+
+
+def best_epoch(validation_accuracies) -> int:
+    """Index of the best validation accuracy; a later tie wins, as network3's `>=`."""
+    best = 0
+    for i, acc in enumerate(validation_accuracies):
+        if acc >= validation_accuracies[best]:
+            best = i
+    return best

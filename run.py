@@ -1,0 +1,45 @@
+"""Entry point: flags in, one call into mnist_cnn.driver.
+
+    python run.py --config=experiments/dbl_conv_relu.py --workdir=runs/dbl_conv_relu
+    python run.py --config=experiments/dbl_conv_relu.py --workdir=/tmp/quick \
+        --config.num_epochs=1 --config.train_size=5000
+    python run.py --list
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
+                                "experiments/dbl_conv_relu.py", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for this run's metrics, summary and figures.")
+flags.DEFINE_bool("overwrite", False, "Replace a finished run already in --workdir.")
+flags.DEFINE_bool("list", False, "List the experiments with the book's and our accuracy.")
+flags.DEFINE_bool("progress", None, "Show a progress bar (default: when stderr is a tty).")
+
+
+def _fail(message: str, code: int = 2):
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)
+
+
+def parse_flags(argv):
+    """absl's parse, with every flag or config error as one line and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except Exception as e:  # a config file that fails to load, or a bad override
+        _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def main(argv):
+    del argv
+    from mnist_cnn import cli
+    sys.exit(cli.main(FLAGS))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,191 @@
+"""Layers against naive numpy loops, and their gradients against finite differences."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_cnn import layers as L
+
+
+def conv_ref(x, w, stride, pads):
+    """Naive loop cross-correlation, NHWC x HWIO -> NHWC."""
+    x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, h, wd, c = x.shape
+    kh, kw, _, o = w.shape
+    sh, sw = stride
+    ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
+    out = np.zeros((n, ho, wo, o))
+    for b, i, j, f in itertools.product(range(n), range(ho), range(wo), range(o)):
+        patch = x[b, i * sh:i * sh + kh, j * sw:j * sw + kw, :]
+        out[b, i, j, f] = np.sum(patch * w[:, :, :, f])
+    return out
+
+
+def pool_ref(x, window, stride, reduce):
+    n, h, w, c = x.shape
+    kh, kw = window
+    sh, sw = stride
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.zeros((n, ho, wo, c))
+    for b, i, j, f in itertools.product(range(n), range(ho), range(wo), range(c)):
+        out[b, i, j, f] = reduce(x[b, i * sh:i * sh + kh, j * sw:j * sw + kw, f])
+    return out
+
+
+CONV_CASES = [  # (x shape, kernel, stride, padding)
+    ((2, 8, 8, 1), 5, 1, "VALID"),
+    ((2, 9, 7, 3), 3, 2, "VALID"),
+    ((1, 12, 12, 4), (2, 3), (1, 2), "VALID"),
+    ((2, 7, 7, 2), 3, 1, "SAME"),
+    ((1, 6, 5, 2), 4, 3, "SAME"),
+    ((1, 6, 6, 1), 3, 1, ((1, 2), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("impl", ["patches", "xla"])
+@pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
+def test_conv2d_matches_numpy_loops(impl, shape, kernel, stride, padding):
+    rng = np.random.default_rng(0)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x = rng.normal(size=shape).astype(np.float32)
+    w = rng.normal(size=(kh, kw, shape[-1], 5)).astype(np.float32)
+    b = rng.normal(size=(5,)).astype(np.float32)
+    st = L._pair(stride, "stride")
+    pads = L._explicit_padding(padding, (kh, kw), st, shape[1:3])
+    want = conv_ref(x, w, st, pads) + b
+    got = L.conv2d(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), stride, padding, impl)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_same_padding_keeps_size_at_stride_one():
+    x = jnp.ones((1, 7, 7, 1))
+    w = jnp.ones((5, 5, 1, 2))
+    assert L.conv2d(x, w, padding="SAME").shape == (1, 7, 7, 2)
+
+
+def test_conv_impls_agree_in_value_and_gradient():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(3, 12, 12, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 5, 4, 6)), jnp.float32)
+    f = lambda impl: lambda w, x: jnp.sum(jnp.tanh(L.conv2d(x, w, stride=1, impl=impl)))
+    for argnum in (0, 1):
+        gp = jax.grad(f("patches"), argnums=argnum)(w, x)
+        gx = jax.grad(f("xla"), argnums=argnum)(w, x)
+        np.testing.assert_allclose(gp, gx, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="channels"):
+        L.conv2d(jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 1, 4)))
+    with pytest.raises(ValueError, match="does not fit"):
+        L.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((5, 5, 1, 1)), impl="patches")
+    with pytest.raises(ValueError, match="impl"):
+        L.conv2d(jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 1)), impl="fft")
+
+
+def l2_reduce(v):
+    return np.sqrt(np.sum(v * v))
+
+
+POOL_CASES = [  # (shape, window, stride)
+    ((2, 8, 8, 3), 2, None),
+    ((1, 9, 9, 2), 2, None),        # ragged edge dropped, as Theano's ignore_border
+    ((1, 9, 9, 2), 3, 2),           # overlapping windows
+    ((2, 7, 10, 1), (2, 3), (1, 2)),
+    ((1, 6, 6, 2), 3, None),
+]
+
+
+@pytest.mark.parametrize("shape,window,stride", POOL_CASES)
+@pytest.mark.parametrize("name,fn,reduce", [
+    ("max", L.max_pool, np.max), ("avg", L.avg_pool, np.mean), ("l2", L.l2_pool, l2_reduce)])
+def test_pooling_matches_numpy_loops(shape, window, stride, name, fn, reduce):
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    win = L._pair(window, "window")
+    st = win if stride is None else L._pair(stride, "stride")
+    np.testing.assert_allclose(fn(jnp.asarray(x), window, stride),
+                               pool_ref(x, win, st, reduce), rtol=1e-5, atol=1e-6)
+
+
+def test_l2_pool_gradient_is_finite_on_blank_windows():
+    x = jnp.zeros((1, 4, 4, 1)).at[0, 0, 0, 0].set(3.0)
+    g = jax.grad(lambda x: jnp.sum(L.l2_pool(x)))(x)
+    assert np.all(np.isfinite(g))
+    assert g[0, 0, 0, 0] == pytest.approx(1.0)   # d/dx sqrt(x^2) at x=3
+    assert np.all(np.asarray(g)[0, 2:, 2:, 0] == 0.0)
+
+
+def finite_difference_grad(f, x, eps=1e-5):
+    """Central differences in float64 numpy."""
+    x = np.asarray(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[idx] = eps
+        g[idx] = (f(x + d) - f(x - d)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: L.conv2d(x, jnp.linspace(-1, 1, 18, dtype=x.dtype).reshape(3, 3, 1, 2),
+                       stride=2, impl="patches"),
+    lambda x: L.max_pool(x, 2),
+    lambda x: L.avg_pool(x, 3, 2),
+    lambda x: L.l2_pool(x, 2),
+    lambda x: L.activation("sigmoid")(x),
+    lambda x: L.activation("tanh")(x),
+])
+def test_gradients_match_finite_differences(fn):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=(1, 6, 6, 1))
+        weights = rng.normal(size=np.asarray(fn(jnp.asarray(x))).shape)
+        loss = lambda x: float(jnp.sum(fn(jnp.asarray(x)) * weights))
+        auto = jax.grad(lambda x: jnp.sum(fn(x) * weights))(jnp.asarray(x))
+        np.testing.assert_allclose(auto, finite_difference_grad(loss, x), rtol=1e-5, atol=1e-7)
+
+
+def test_layers_compose_with_jit_and_vmap():
+    rng = np.random.default_rng(4)
+    xs = jnp.asarray(rng.normal(size=(4, 2, 10, 10, 1)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 1, 2)), jnp.float32)
+    f = lambda x: L.max_pool(L.conv2d(x, w)) + L.l2_pool(L.conv2d(x, w))
+    batched = jax.jit(jax.vmap(f))(xs)
+    for i in range(4):
+        np.testing.assert_allclose(batched[i], f(xs[i]), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_and_activations():
+    x = jnp.array([[1.0, -2.0]])
+    w = jnp.array([[1.0, 2.0, 0.0], [0.5, 0.0, -1.0]])
+    np.testing.assert_allclose(L.dense(x, w, jnp.array([0.0, 1.0, 2.0])), [[0.0, 3.0, 4.0]])
+    np.testing.assert_allclose(L.activation("relu")(jnp.array([-1.0, 2.0])), [0.0, 2.0])
+    np.testing.assert_allclose(L.activation("sigmoid")(jnp.array([0.0])), [0.5])
+    with pytest.raises(ValueError, match="activation"):
+        L.activation("swish")
+
+
+def test_dropout_network3_form():
+    x = jnp.ones((1000, 50))
+    key = jax.random.PRNGKey(0)
+    y = L.dropout(x, 0.3, key, train=True, mode="network3")
+    kept = np.asarray(y != 0)
+    assert set(np.unique(np.asarray(y))) <= {0.0, 1.0}   # no rescale while training
+    assert abs(kept.mean() - 0.7) < 0.01
+    np.testing.assert_allclose(L.dropout(x, 0.3, None, train=False, mode="network3"), 0.7)
+
+
+def test_dropout_inverted_form():
+    x = jnp.ones((1000, 50))
+    y = np.asarray(L.dropout(x, 0.25, jax.random.PRNGKey(1), train=True, mode="inverted"))
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.75], rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 0.02   # expectation preserved
+    np.testing.assert_array_equal(L.dropout(x, 0.25, None, train=False, mode="inverted"), x)
+
+
+def test_default_conv_impl_per_backend():
+    assert L.default_conv_impl("cpu") == "patches"
+    assert L.default_conv_impl("gpu") == "xla"

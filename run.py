@@ -6,6 +6,7 @@
     python run.py --list
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -27,12 +28,26 @@ def _fail(message: str, code: int = 2):
 
 def parse_flags(argv):
     """absl's parse, with every flag or config error as one line and exit code 2."""
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            path = arg[len("--config="):].split(":")[0]
+            if not os.path.isfile(path):
+                _fail(f"no experiment file {path!r}; python run.py --list shows them "
+                      f"(e.g. --config=experiments/dbl_conv_relu.py)")
     try:
-        return FLAGS(argv)
+        rest = FLAGS(argv)
+        if FLAGS.config is not None:
+            FLAGS.config.get("name")   # config_flags defers load errors to first use
+        return rest
     except flags.Error as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _fail(_first_line(e))
     except Exception as e:  # a config file that fails to load, or a bad override
-        _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        _fail(f"--config: {_first_line(e)}")
+
+
+def _first_line(e):
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def main(argv):

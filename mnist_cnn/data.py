@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import struct
@@ -190,13 +191,19 @@ def download_idx(directory: str, mirror: str = DEFAULT_MIRROR, timeout: float = 
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
                 shutil.copyfileobj(r, out)
-            raw = _read_bytes(tmp)
+            try:
+                raw = _read_bytes(tmp)
+            except DataError:
+                raise DataError(f"downloaded {url} is not a valid gzip file; the mirror "
+                                f"served a bad file") from None
             got = hashlib.sha256(raw).hexdigest()
             if got != KNOWN_SHA256[stem]:
                 raise DataError(f"downloaded {url} has SHA-256 {got[:12]}..., expected "
                                 f"{KNOWN_SHA256[stem][:12]}...; the mirror served a bad file")
             os.replace(tmp, os.path.join(directory, stem + ".gz"))
-        except OSError as e:
+        except DataError:
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as e:
             raise DataError(f"cannot download {url}: {e}") from None
         finally:
             if os.path.exists(tmp):

@@ -1,0 +1,107 @@
+"""Networks built from configs: shapes, network3 initialisation, forward vs numpy."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_cnn import config as config_lib
+from mnist_cnn import networks
+from tests.test_layers import conv_ref, pool_ref
+
+EXPERIMENTS = ["intro_conv", "shallow", "basic_conv", "omit_fc", "dbl_conv",
+               "dbl_conv_tanh", "dbl_conv_relu"]
+
+
+def shapes(params):
+    return {k: {n: v.shape for n, v in layer.items()} for k, layer in params.items()}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_validates_and_builds(name):
+    c = importlib.import_module(f"experiments.{name}").get_config()
+    config_lib.validate(c)
+    for field in ("num_epochs", "batch_size", "learning_rate", "l2", "seed", "train_size",
+                  "data_dir"):
+        assert field in c
+    model = networks.from_config(c)
+    params = networks.init_params(model, jax.random.PRNGKey(0))
+    assert model.apply({"params": params}, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+
+
+def test_dbl_conv_has_the_books_shapes():
+    from experiments import dbl_conv
+    params = networks.init_params(networks.from_config(dbl_conv.get_config()),
+                                  jax.random.PRNGKey(0))
+    assert shapes(params) == {
+        "layer0_conv": {"w": (5, 5, 1, 20), "b": (20,)},
+        "layer1_conv": {"w": (5, 5, 20, 40), "b": (40,)},
+        "layer2_fc": {"w": (40 * 4 * 4, 100), "b": (100,)},
+        "layer3_softmax": {"w": (100, 10), "b": (10,)},
+    }
+
+
+def test_network3_initialisation_statistics():
+    from experiments import basic_conv
+    c = basic_conv.get_config()
+    c.layers[0].features = 200   # enough samples for the statistics
+    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(1))
+    conv_w = np.asarray(params["layer0_conv"]["w"])
+    # n_out = 200 * 5 * 5 / (2 * 2) = 1250 -> std sqrt(1/1250)
+    assert conv_w.std() == pytest.approx(np.sqrt(1 / 1250), rel=0.05)
+    assert np.asarray(params["layer0_conv"]["b"]).std() == pytest.approx(1.0, rel=0.2)
+    assert np.asarray(params["layer1_fc"]["w"]).std() == pytest.approx(np.sqrt(1 / 100), rel=0.05)
+    assert not np.any(np.asarray(params["layer2_softmax"]["w"]))
+    assert not np.any(np.asarray(params["layer2_softmax"]["b"]))
+
+
+def test_modern_initialisation_zero_biases_he_for_relu():
+    from experiments import dbl_conv_relu
+    c = dbl_conv_relu.get_config()
+    c.init = "modern"
+    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(2))
+    assert not np.any(np.asarray(params["layer1_conv"]["b"]))
+    fan_in = 5 * 5 * 20
+    assert np.asarray(params["layer1_conv"]["w"]).std() == pytest.approx(
+        np.sqrt(2 / fan_in), rel=0.1)
+
+
+def sigmoid(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def test_forward_matches_numpy_composition():
+    """act(maxpool(conv(x)) + b) -> fc -> softmax logits, computed with numpy loops."""
+    c = config_lib.base_config()
+    c.layers = (config_lib.conv_pool(3, kernel=3, activation="sigmoid"),
+                config_lib.fc(7, activation="tanh"), config_lib.softmax(10))
+    c.init = "modern"   # non-zero softmax weights so the whole path is exercised
+    model = networks.from_config(c)
+    params = networks.init_params(model, jax.random.PRNGKey(3), image_shape=(10, 10, 1))
+    params = jax.tree.map(lambda p: p + 0.1, params)   # non-zero biases too
+    p = jax.tree.map(np.asarray, params)
+    x = np.random.default_rng(4).uniform(size=(2, 10, 10, 1)).astype(np.float32)
+    h = conv_ref(x, p["layer0_conv"]["w"], (1, 1), ((0, 0), (0, 0)))
+    h = sigmoid(pool_ref(h, (2, 2), (2, 2), np.max) + p["layer0_conv"]["b"])
+    h = np.tanh(h.reshape(2, -1) @ p["layer1_fc"]["w"] + p["layer1_fc"]["b"])
+    want = h @ p["layer2_softmax"]["w"] + p["layer2_softmax"]["b"]
+    got = model.apply({"params": params}, jnp.asarray(x))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_network3_dropout_scales_inputs_at_evaluation():
+    c = config_lib.base_config()
+    c.layers = (config_lib.fc(5, activation="linear"), config_lib.softmax(3, dropout=0.4))
+    c.init = "modern"
+    model = networks.from_config(c)
+    params = networks.init_params(model, jax.random.PRNGKey(5), image_shape=(4,))
+    x = jnp.ones((2, 4))
+    h = x @ params["layer0_fc"]["w"] + params["layer0_fc"]["b"]
+    want = (1 - 0.4) * h @ params["layer1_softmax"]["w"] + params["layer1_softmax"]["b"]
+    np.testing.assert_allclose(model.apply({"params": params}, x, train=False), want, rtol=1e-5)
+    # In training the output depends on the dropout key.
+    a = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    b = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.allclose(a, b)

@@ -1,0 +1,149 @@
+"""Training steps: SGD arithmetic, chunked scans, shuffling, evaluation, best epoch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_cnn import config as config_lib
+from mnist_cnn import data, losses, networks, train
+
+
+def tiny_config(**overrides):
+    c = config_lib.base_config()
+    c.layers = (config_lib.conv_pool(2, kernel=5, activation="relu"),
+                config_lib.fc(8, activation="sigmoid", dropout=0.2), config_lib.softmax(10))
+    c.batch_size = 4
+    c.learning_rate = 0.05
+    c.l2 = 0.1
+    c.init = "modern"
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def fake_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.integers(0, 256, (n, 28, 28)), jnp.uint8),
+            jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+
+
+def setup(c, num_batches):
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, num_batches)
+    return model, tx, train.init_state(model, tx, c.seed)
+
+
+def test_one_step_is_sgd_on_loglikelihood_plus_network3_l2():
+    c = tiny_config()
+    c.layers[1].dropout = 0.0
+    x, y = fake_data(4)
+    model, tx, state = setup(c, num_batches=10)
+    step = train.make_train_step(model, tx, c.l2, 10)
+    new, _ = step(state, data.to_float(x), y)
+
+    def nll(params):
+        return losses.log_likelihood(model.apply({"params": params}, data.to_float(x)), y)
+
+    g = jax.grad(nll)(state.params)
+    for path, p in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        is_w = path[-1].key == "w"
+        want = p - c.learning_rate * (_get(g, path) + (c.l2 * p / 10 if is_w else 0))
+        np.testing.assert_allclose(_get(new.params, path), want, rtol=1e-5, atol=1e-7)
+    assert int(new.step) == 1
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k.key]
+    return tree
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_chunked_scan_equals_one_whole_epoch(shuffle):
+    c = tiny_config(shuffle=shuffle)
+    x, y = fake_data(40)
+    nb = train.steps_per_epoch(40, c.batch_size)
+    model, tx, state = setup(c, nb)
+    chunk = train.make_train_chunk(model, tx, c, nb)
+    order = train.shuffle_order(state.key, 0, 40) if shuffle else None
+    whole, loss_whole, _ = chunk(state, x, y, order, 0, num_steps=nb)
+    _, _, state2 = setup(c, nb)
+    parts, loss_parts = state2, 0.0
+    for start in range(0, nb, 5):
+        parts, loss, _ = chunk(parts, x, y, order, start, num_steps=5)
+        loss_parts += loss
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(parts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(loss_whole, loss_parts, rtol=1e-5)
+
+
+def test_scan_equals_python_loop_of_steps():
+    c = tiny_config()
+    x, y = fake_data(20)
+    nb = 5
+    model, tx, state = setup(c, nb)
+    step = jax.jit(train.make_train_step(model, tx, c.l2, nb))
+    loop = state
+    for i in range(nb):
+        loop, _ = step(loop, data.to_float(x[4 * i:4 * i + 4]), y[4 * i:4 * i + 4])
+    _, _, state2 = setup(c, nb)
+    scanned, _, _ = train.make_train_chunk(model, tx, c, nb)(state2, x, y, None, 0, num_steps=nb)
+    for a, b in zip(jax.tree.leaves(loop.params), jax.tree.leaves(scanned.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch():
+    c = tiny_config(l2=0.0)
+    c.layers[1].dropout = 0.0
+    x, y = fake_data(8)
+    model, tx, state = setup(c, 2)
+    chunk = train.make_train_chunk(model, tx, c, 2)
+    losses_seen = []
+    for _ in range(80):
+        state, loss, _ = chunk(state, x, y, None, 0, num_steps=2)
+        losses_seen.append(float(loss))
+    assert losses_seen[-1] < 0.5 * losses_seen[0]
+
+
+def test_shuffle_order_is_a_seeded_permutation():
+    key = jax.random.PRNGKey(0)
+    a = np.asarray(train.shuffle_order(key, 3, 100))
+    assert sorted(a) == list(range(100))
+    np.testing.assert_array_equal(a, train.shuffle_order(key, 3, 100))
+    assert not np.array_equal(a, train.shuffle_order(key, 4, 100))
+
+
+@pytest.mark.parametrize("n,bs", [(25, 10), (30, 7), (10, 1000)])
+def test_eval_counts_correct_predictions_any_size(n, bs):
+    c = tiny_config()
+    model, _, state = setup(c, 1)
+    x, y = fake_data(n, seed=n)
+    count, preds = train.make_eval(model, bs)(state.params, x, y)
+    logits = model.apply({"params": state.params}, data.to_float(x))
+    want = np.argmax(np.asarray(logits), axis=1)
+    np.testing.assert_array_equal(preds, want)
+    assert int(count) == int(np.sum(want == np.asarray(y)))
+
+
+def test_best_epoch_later_tie_wins():
+    assert train.best_epoch([0.9, 0.95, 0.93, 0.95, 0.94]) == 3
+    assert train.best_epoch([0.5]) == 0
+
+
+def test_chunk_size_divides_the_epoch():
+    assert train.chunk_size(5000, 500) == 500
+    for steps, target in [(5000, 500), (4999, 500), (12, 5), (7, 100)]:
+        n = train.chunk_size(steps, target)
+        assert steps % n == 0 and n <= max(target, 1)
+
+
+def test_schedules_and_momentum():
+    c = tiny_config(schedule="onecycle", warmup_epochs=1.0, momentum=0.9, nesterov=True,
+                    num_epochs=2)
+    sched = train.make_schedule(c, 10)
+    assert sched(0) < c.learning_rate and sched(10) == pytest.approx(c.learning_rate)
+    assert sched(20) < 0.01 * c.learning_rate
+    c2 = tiny_config(schedule="cosine", num_epochs=2)
+    assert train.make_schedule(c2, 10)(20) == pytest.approx(0.0, abs=1e-8)
+    assert train.make_schedule(tiny_config(), 10) == tiny_config().learning_rate

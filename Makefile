@@ -1,0 +1,28 @@
+# make train   installs into .venv and trains dbl_conv_relu on real MNIST (60 epochs)
+# make test    installs into .venv and runs the tests
+# make bench   installs into .venv and runs the conv benchmark
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= dbl_conv_relu
+WORKDIR ?= runs/$(EXPERIMENT)
+ARGS ?=
+
+.PHONY: install train test bench
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/python run.py --config=experiments/$(EXPERIMENT).py --workdir=$(WORKDIR) $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q tests $(ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/conv_impl.py $(ARGS)

@@ -9,14 +9,15 @@
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. "
                                 "experiments/dbl_conv_relu.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for this run's metrics, summary and figures.")
-flags.DEFINE_bool("overwrite", False, "Replace a finished run already in --workdir.")
+flags.DEFINE_bool("overwrite", False, "Start over in --workdir, deleting the run there "
+                  "(config, metrics, checkpoints). Without it a run there is resumed.")
 flags.DEFINE_bool("list", False, "List the experiments with the book's and our accuracy.")
 flags.DEFINE_bool("progress", None, "Show a progress bar (default: when stderr is a tty).")
 
@@ -42,7 +43,9 @@ def parse_flags(argv):
     except flags.Error as e:
         _fail(_first_line(e))
     except Exception as e:  # a config file that fails to load, or a bad override
-        _fail(f"--config: {_first_line(e)}")
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        where = f" (overrides: {', '.join(overrides)})" if overrides else ""
+        _fail(f"--config: {_first_line(e)}{where}")
 
 
 def _first_line(e):
@@ -52,6 +55,7 @@ def _first_line(e):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)   # jax/orbax INFO chatter
     from mnist_cnn import cli
     sys.exit(cli.main(FLAGS))
 

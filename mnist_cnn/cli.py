@@ -51,7 +51,7 @@ def main(flags) -> int:
     except USER_ERRORS as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
+    except driver.Interrupted as e:
+        sys.stderr.write(f"{e}\n")
+        return 128 + e.signum
     return 0

@@ -62,6 +62,8 @@ def base_config():
     c.dtype = "float32"
     c.eval_batch_size = 1000
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
+    c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
+    c.keep_checkpoints = 3      # the newest K checkpoints are kept
     return c
 
 
@@ -81,7 +83,7 @@ def _is_num(v):
 def validate(c):
     """Raises ConfigError with a one-line message naming the first bad field."""
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
-                  "seed"):
+                  "seed", "checkpoint_every_steps", "keep_checkpoints"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
@@ -91,6 +93,9 @@ def validate(c):
            f"config.train_size ({c.train_size})")
     _check(c.eval_batch_size > 0, "config.eval_batch_size must be positive")
     _check(c.chunk_steps > 0, "config.chunk_steps must be positive")
+    _check(c.checkpoint_every_steps >= 0,
+           "config.checkpoint_every_steps must be >= 0 (0: at the end of each epoch only)")
+    _check(c.keep_checkpoints > 0, "config.keep_checkpoints must be positive")
     for field in ("learning_rate", "l2", "momentum", "warmup_epochs"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
     _check(c.learning_rate > 0,

@@ -1,38 +1,63 @@
-"""The impure edge: run directory, data loading, progress, metrics and summary files.
+"""The impure edge: run directory, data loading, checkpoints, signals, progress, files.
 
 Everything a user can get wrong is checked before the run directory is touched:
-config fields, the run directory's state, the dataset, the network's shapes.
+config fields, the network's shapes, the run directory's state, the dataset.
+
+A run directory holds config.json, metrics.jsonl (one line per finished epoch),
+checkpoints/ (Orbax, the last `keep_checkpoints`), and at the end summary.json and
+learning_curves.png. Re-running the same command on it resumes from the newest
+checkpoint; the result is bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from mnist_cnn import checkpoint, data, networks, plots, train
 from mnist_cnn import config as config_lib
-from mnist_cnn import data, networks, plots, train
 
 
 class RunError(ValueError):
     """A run that cannot proceed for a reason the user can fix."""
 
 
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png")
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived; a checkpoint was saved."""
 
+    def __init__(self, signum, epoch, step):
+        self.signum, self.epoch, self.step = signum, epoch, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch} after "
+                         f"step {step}; checkpoint saved: re-run the same command to resume")
+
+
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png")
+# Fields that may change between a run and its resumption: where the data comes from.
+RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints"}
+
+
+# ---- files ----
 
 def write_json_atomic(path: str, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: str, text: str) -> None:
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,37 +73,121 @@ def append_jsonl(path: str, obj) -> None:
         os.fsync(f.fileno())
 
 
-def check_workdir(workdir: str, overwrite: bool) -> None:
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(e, dict) for e in v):
+            for i, e in enumerate(v):
+                out.update(_flatten(e, f"{key}[{i}]."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """'field: old -> new' for every field that differs (ignoring RESUME_MAY_DIFFER)."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b))
+            if k not in RESUME_MAY_DIFFER and a.get(k) != b.get(k)]
+
+
+# ---- the run directory ----
+
+def _writable_probe(workdir: str) -> str:
+    probe = os.path.abspath(workdir)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return probe
+
+
+def inspect_workdir(workdir: str, config_dict: dict, overwrite: bool) -> str:
+    """'fresh', 'resume' or 'done'; raises RunError when the directory cannot be used."""
     if not workdir:
         raise RunError("--workdir is required: the directory for this run's files")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise RunError(f"--workdir {workdir} exists and is not a directory")
-    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
-    if existing and not overwrite:
-        raise RunError(f"--workdir {workdir} already holds a run ({existing[0]}); "
-                       f"choose a new directory or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(workdir))
-    probe = workdir if os.path.isdir(workdir) else parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunError(f"--workdir {workdir}: {probe} is not writable")
+    probe = _writable_probe(workdir)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise RunError(f"--workdir {workdir}: {probe} is not a writable directory")
+    has_run = checkpoint.exists(workdir) or any(
+        os.path.exists(os.path.join(workdir, f)) for f in RUN_FILES)
+    if not has_run or overwrite:
+        return "fresh"
+    config_path = os.path.join(workdir, "config.json")
+    try:
+        with open(config_path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        raise RunError(f"--workdir {workdir} holds run files but no readable config.json; "
+                       f"choose a new directory or pass --overwrite") from None
+    diff = config_diff(stored, config_dict)
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise RunError(f"--workdir {workdir} belongs to a different config: "
+                       f"{'; '.join(diff[:3])}{more}; use a new --workdir, or --overwrite "
+                       f"to start over")
+    return "done" if os.path.exists(os.path.join(workdir, "summary.json")) else "resume"
 
 
-def prepare_workdir(workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
+def clear_run(workdir: str) -> None:
     for f in RUN_FILES:
         path = os.path.join(workdir, f)
         if os.path.exists(path):
             os.remove(path)
+    shutil.rmtree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(workdir: str):
+    """An exclusive flock on workdir/.lock; the kernel releases it if the process dies."""
+    fd = os.open(os.path.join(workdir, ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"another process is running in --workdir {workdir}; wait for it "
+                           f"to finish or choose another directory") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the training loop checks between chunks."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    flag = StopFlag()
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, flag)
+        except ValueError:   # not the main thread: leave signals alone
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Progress:
     """A progress bar over one epoch's mini-batches, with images/s; stderr only on a tty."""
 
-    def __init__(self, total_steps, batch_size, epoch, num_epochs, enabled=None):
+    def __init__(self, total_steps, batch_size, epoch, num_epochs, enabled=None, done=0):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.total, self.bs, self.done = total_steps, batch_size, 0
+        self.total, self.bs, self.done, self.start = total_steps, batch_size, done, done
         self.label = f"epoch {epoch}/{num_epochs}"
         self.t0 = time.perf_counter()
 
@@ -87,7 +196,7 @@ class Progress:
         if not self.enabled:
             return
         frac = self.done / self.total
-        rate = self.done * self.bs / max(time.perf_counter() - self.t0, 1e-9)
+        rate = (self.done - self.start) * self.bs / max(time.perf_counter() - self.t0, 1e-9)
         bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
         sys.stderr.write(f"\r{self.label} [{bar}] {self.done}/{self.total} "
                          f"{rate:,.0f} images/s")
@@ -96,8 +205,10 @@ class Progress:
         sys.stderr.flush()
 
 
+# ---- the run ----
+
 def build(config):
-    """Validated config -> (model, optimizer factory inputs); shape errors as RunError."""
+    """Validated config -> model; a network that does not fit 28x28 is a RunError."""
     config_lib.validate(config)
     model = networks.from_config(config)
     try:
@@ -107,56 +218,106 @@ def build(config):
     return model
 
 
-def run(config, workdir: str, overwrite: bool = False, progress=None,
-        log=print) -> dict:
-    """Trains `config`, writing metrics.jsonl, config.json, summary.json and
-    learning_curves.png into `workdir`. Returns the summary."""
+def run(config, workdir: str, overwrite: bool = False, progress=None, log=print) -> dict:
+    """Trains `config` in `workdir`, resuming from its newest checkpoint when there is one.
+    Returns the summary."""
     t_start = time.perf_counter()
     model = build(config)
-    check_workdir(workdir, overwrite)
+    config_dict = json.loads(config.to_json())
+    mode = inspect_workdir(workdir, config_dict, overwrite)
+    if mode == "done":
+        with open(os.path.join(workdir, "summary.json")) as f:
+            summary = json.load(f)
+        log(f"{workdir} holds a finished run: test accuracy "
+            f"{100 * summary['test_accuracy']:.2f}% (--overwrite to train again)")
+        return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download)
-    prepare_workdir(workdir)
-    write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with locked(workdir), stop_on_signals() as stop:
+            if mode == "fresh":
+                clear_run(workdir)
+                write_json_atomic(os.path.join(workdir, "config.json"), config_dict)
+            return _train(config, model, ds, workdir, stop, t_start, progress, log)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise RunError(f"cannot write to --workdir {workdir}: {e.strerror}; free space "
+                           f"or choose another directory, then re-run to resume") from None
+        raise
 
+
+def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
     num_batches = train.steps_per_epoch(len(ds.train), config.batch_size)
+    ckpt_every = config.checkpoint_every_steps
+    chunk_steps = train.chunk_size(num_batches, min(config.chunk_steps, ckpt_every or
+                                                    config.chunk_steps))
     tx = train.make_optimizer(config, num_batches)
     state = train.init_state(model, tx, config.seed)
-    chunk_steps = train.chunk_size(num_batches, config.chunk_steps)
-    chunk_fn = train.make_train_chunk(model, tx, config, num_batches)
-    evaluate = train.make_eval(model, config.eval_batch_size)
+    mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+    at = dict(epoch=0, step_in_epoch=0, loss_sum=0.0, nll_sum=0.0, metrics=[],
+              train_time_s=0.0, wall_time_s=0.0, compile_time_s=0.0)
+    restored = checkpoint.restore_latest(mngr, state)
+    if restored is not None:
+        state, at = restored
+        log(f"resuming from the checkpoint at epoch {at['epoch'] + 1}, "
+            f"step {at['step_in_epoch']} of {num_batches}")
+    metrics = at["metrics"]
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    write_text_atomic(metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n"
+                                            for m in metrics))
 
     train_x, train_y = jax.device_put(ds.train.images), jax.device_put(ds.train.labels)
     val_x, val_y = jax.device_put(ds.validation.images), jax.device_put(ds.validation.labels)
     test_x, test_y = jax.device_put(ds.test.images), jax.device_put(ds.test.labels)
-
-    order0 = (train.shuffle_order(state.key, 0, len(ds.train)) if config.shuffle else None)
+    order_of = (lambda e: train.shuffle_order(state.key, e, len(ds.train))) \
+        if config.shuffle else (lambda e: None)
     t0 = time.perf_counter()
-    compiled = chunk_fn.lower(state, train_x, train_y, order0, 0,
-                              num_steps=chunk_steps).compile()
+    compiled = train.make_train_chunk(model, tx, config, num_batches).lower(
+        state, train_x, train_y, order_of(0), 0, num_steps=chunk_steps).compile()
     compile_s = time.perf_counter() - t0
+    evaluate = train.make_eval(model, config.eval_batch_size)
     log(f"data: {ds.source}; train {len(ds.train)}, validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {num_batches} mini-batches of {config.batch_size}; "
         f"compiled in {compile_s:.1f} s on {jax.devices()[0].device_kind}")
 
-    metrics, train_time = [], 0.0
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    for epoch in range(1, config.num_epochs + 1):
-        order = (train.shuffle_order(state.key, epoch - 1, len(ds.train))
-                 if config.shuffle else None)
-        bar = Progress(num_batches, config.batch_size, epoch, config.num_epochs, progress)
-        t_epoch = time.perf_counter()
-        loss_sum = nll_sum = 0.0
-        for start in range(0, num_batches, chunk_steps):
-            state, loss, nll = compiled(state, train_x, train_y, order, start)
-            loss, nll = float(loss), float(nll)
-            loss_sum, nll_sum = loss_sum + loss, nll_sum + nll
+    def save(epoch_done, step_in_epoch, loss_sum, nll_sum, train_time):
+        now = dict(epoch=epoch_done, step_in_epoch=step_in_epoch, loss_sum=loss_sum,
+                   nll_sum=nll_sum, metrics=metrics, train_time_s=train_time,
+                   wall_time_s=at["wall_time_s"] + time.perf_counter() - t_start,
+                   compile_time_s=at["compile_time_s"] + compile_s)
+        checkpoint.save(mngr, int(state.step), state, now)
+
+    train_time = at["train_time_s"]
+    for epoch in range(at["epoch"] + 1, config.num_epochs + 1):
+        first = epoch == at["epoch"] + 1
+        begin = at["step_in_epoch"] if first else 0
+        loss_sum, nll_sum = (at["loss_sum"], at["nll_sum"]) if first else (0.0, 0.0)
+        order = order_of(epoch - 1)
+        bar = Progress(num_batches, config.batch_size, epoch, config.num_epochs, progress,
+                       done=begin)
+        epoch_train_s = 0.0
+        for start in range(begin, num_batches, chunk_steps):
+            t_chunk = time.perf_counter()
+            state, losses, nlls = compiled(state, train_x, train_y, order, start)
+            losses = np.asarray(losses, np.float64)
+            epoch_train_s += time.perf_counter() - t_chunk
+            if not np.all(np.isfinite(losses)):
+                bad = start + int(np.argmin(np.isfinite(losses)))
+                raise RunError(
+                    f"training diverged: the loss became {losses[bad - start]} in epoch "
+                    f"{epoch} at step {bad + 1} of {num_batches}; the last good checkpoint "
+                    f"and metrics are kept; try a smaller --config.learning_rate "
+                    f"(now {config.learning_rate})")
+            loss_sum += float(losses.sum())
+            nll_sum += float(np.asarray(nlls, np.float64).sum())
             bar.update(chunk_steps)
-            if not math.isfinite(loss):
-                raise RunError(f"training diverged: the loss became {loss} in epoch {epoch} "
-                               f"(steps {start}-{start + chunk_steps}); try a smaller "
-                               f"--config.learning_rate (now {config.learning_rate})")
-        epoch_train_s = time.perf_counter() - t_epoch
+            end = start + chunk_steps
+            if end < num_batches and (stop.signum or (
+                    ckpt_every and end // ckpt_every > start // ckpt_every)):
+                save(epoch - 1, end, loss_sum, nll_sum, train_time + epoch_train_s)
+                if stop.signum:
+                    raise Interrupted(stop.signum, epoch, end)
         train_time += epoch_train_s
         val_correct, _ = evaluate(state.params, val_x, val_y)
         test_correct, _ = evaluate(state.params, test_x, test_y)
@@ -165,14 +326,19 @@ def run(config, workdir: str, overwrite: bool = False, progress=None,
                  validation_accuracy=int(val_correct) / len(ds.validation),
                  test_accuracy=int(test_correct) / len(ds.test),
                  epoch_train_s=round(epoch_train_s, 3),
-                 train_images_per_s=round(num_batches * config.batch_size / epoch_train_s, 1))
+                 train_images_per_s=round((num_batches - begin) * config.batch_size
+                                          / max(epoch_train_s, 1e-9), 1))
         metrics.append(m)
+        save(epoch, 0, 0.0, 0.0, train_time)
         append_jsonl(metrics_path, m)
         log(f"epoch {epoch}: cost {m['train_loss']:.4f}, validation "
             f"{100 * m['validation_accuracy']:.2f}%, test {100 * m['test_accuracy']:.2f}%, "
             f"{m['train_images_per_s']:,.0f} images/s")
+        if stop.signum:
+            raise Interrupted(stop.signum, epoch, num_batches)
 
     best = train.best_epoch([m["validation_accuracy"] for m in metrics])
+    images = num_batches * config.batch_size * len(metrics)
     summary = dict(
         name=config.name,
         test_accuracy=metrics[best]["test_accuracy"],
@@ -180,11 +346,10 @@ def run(config, workdir: str, overwrite: bool = False, progress=None,
         best_epoch=metrics[best]["epoch"],
         epochs_run=len(metrics),
         final_test_accuracy=metrics[-1]["test_accuracy"],
-        wall_time_s=round(time.perf_counter() - t_start, 2),
-        compile_time_s=round(compile_s, 2),
-        train_images_per_s=round(num_batches * config.batch_size * len(metrics)
-                                 / train_time, 1),
-        train_images=num_batches * config.batch_size * len(metrics),
+        wall_time_s=round(at["wall_time_s"] + time.perf_counter() - t_start, 2),
+        compile_time_s=round(at["compile_time_s"] + compile_s, 2),
+        train_images_per_s=round(images / max(train_time, 1e-9), 1),
+        train_images=images,
         data_source=ds.source,
         device=jax.devices()[0].device_kind,
         platform=jax.default_backend(),

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+def _plt():
+    """matplotlib.pyplot on the Agg backend, imported on first use (it is slow to load)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _save(fig, path):
+    plt = _plt()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -20,7 +24,7 @@ def _save(fig, path):
 def learning_curves(metrics: list[dict], path: str, title: str = ""):
     """Training cost and validation/test accuracy per epoch, side by side."""
     epochs = [m["epoch"] for m in metrics]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_acc) = _plt().subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], marker=".", label="cost (with L2)")
     ax_loss.plot(epochs, [m["train_nll"] for m in metrics], marker=".", label="log-likelihood")
     ax_loss.set_xlabel("epoch")

@@ -101,14 +101,14 @@ def make_train_step(model, tx, lmbda: float, num_batches: int):
 
 def make_train_chunk(model, tx, config, num_batches: int):
     """Returns jitted chunk(state, images_u8, labels, order, start, num_steps) ->
-    (state, sum of losses, sum of nlls). `order` is None for network3's fixed order."""
+    (state, per-step losses, per-step log-likelihoods), both of shape (num_steps,).
+    `order` is None for network3's fixed order, else the epoch's permutation."""
     step = make_train_step(model, tx, config.l2, num_batches)
     bs = config.batch_size
 
     @partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))
     def chunk(state, images, labels, order, start, num_steps):
-        def body(carry, i):
-            state, loss_sum, nll_sum = carry
+        def body(state, i):
             pos = (start + i) * bs
             if order is None:
                 x = lax.dynamic_slice_in_dim(images, pos, bs)
@@ -116,13 +116,10 @@ def make_train_chunk(model, tx, config, num_batches: int):
             else:
                 idx = lax.dynamic_slice_in_dim(order, pos, bs)
                 x, y = images[idx], labels[idx]
-            state, (loss, nll) = step(state, data.to_float(x), y)
-            return (state, loss_sum + loss, nll_sum + nll), None
+            return step(state, data.to_float(x), y)
 
-        zero = jnp.zeros((), jnp.float32)
-        (state, loss_sum, nll_sum), _ = lax.scan(body, (state, zero, zero),
-                                                 jnp.arange(num_steps))
-        return state, loss_sum, nll_sum
+        state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))
+        return state, losses, nlls
 
     return chunk
 

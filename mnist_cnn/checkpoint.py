@@ -1,0 +1,69 @@
+"""Orbax checkpoints of a run: the training state plus a JSON record of where it stands.
+
+Orbax writes each checkpoint into a temporary directory and renames it into place when
+complete, so a process killed mid-save leaves the previous checkpoints intact and no
+half-written one under a step name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import flax
+import jax
+
+# orbax is imported on first use: it takes a second to load, which every quick command
+# (--list, a rejected config) would otherwise pay.
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def manager(workdir: str, keep: int):
+    import orbax.checkpoint as ocp
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+                                 options=options)
+
+
+def exists(workdir: str) -> bool:
+    d = os.path.join(workdir, CHECKPOINT_DIR)
+    return os.path.isdir(d) and any(name.isdigit() for name in os.listdir(d))
+
+
+def check_space(directory: str, tree, margin: int = 1 << 20) -> None:
+    """Raises OSError(ENOSPC) when `directory` cannot hold a checkpoint of `tree`.
+
+    Checked up front because orbax reports a full disk from its writer threads as a
+    stream of logged tracebacks before it raises."""
+    need = sum(int(x.nbytes) for x in jax.tree.leaves(tree)) + margin
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device (a checkpoint needs "
+                      f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free)")
+
+
+def save(mngr, step: int, state, meta: dict) -> None:
+    """Saves `state` (a pytree) and `meta` (JSON) as checkpoint `step`, synchronously."""
+    import orbax.checkpoint as ocp
+    tree = flax.serialization.to_state_dict(state)
+    check_space(str(mngr.directory), tree)
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+
+
+def restore_latest(mngr, like):
+    """(state shaped as `like`, meta) from the newest checkpoint, or None if there is none."""
+    import orbax.checkpoint as ocp
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    target = flax.serialization.to_state_dict(like)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return flax.serialization.from_state_dict(like, restored["state"]), restored["meta"]

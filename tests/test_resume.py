@@ -1,0 +1,152 @@
+"""Runs that survive: SIGKILL at any moment + resume == uninterrupted, SIGTERM saves,
+one process per run directory, config changes refused, divergence stops the run."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.test_run import ROOT, assert_user_error, run
+
+ARGS = ["--config=experiments/dbl_conv_relu.py", "--config.train_size=400",
+        "--config.num_epochs=3", "--config.shuffle=True", "--config.layers[2].dropout=0.3",
+        "--config.checkpoint_every_steps=8", "--config.chunk_steps=8",
+        "--config.keep_checkpoints=2"]
+TIMING = {"epoch_train_s", "train_images_per_s", "wall_time_s", "compile_time_s"}
+
+
+def start(workdir):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), *ARGS,
+                             f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def checkpoint_steps(workdir):
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_for_checkpoint_past(proc, workdir, step, timeout=300):
+    t = time.time()
+    while time.time() - t < timeout:
+        steps = checkpoint_steps(workdir)
+        if steps and steps[-1] >= step:
+            return steps[-1]
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before step {step}: {proc.stderr.read()}")
+        time.sleep(0.05)
+    pytest.fail("no checkpoint appeared in time")
+
+
+def results(workdir):
+    summary = json.loads(open(os.path.join(workdir, "summary.json")).read())
+    metrics = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}
+    return strip(summary), [strip(m) for m in metrics]
+
+
+def final_params(workdir):
+    from mnist_cnn import checkpoint
+    from mnist_cnn import networks, train
+    from experiments import dbl_conv_relu
+    c = dbl_conv_relu.get_config()
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, 40)
+    like = train.init_state(model, tx, 0)
+    state, meta = checkpoint.restore_latest(checkpoint.manager(workdir, 2), like)
+    return state, meta
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, ):
+    if not os.environ.get("MNIST_DATA_DIR"):
+        pytest.skip("real MNIST not found: set MNIST_DATA_DIR")
+    w = tmp_path_factory.mktemp("reference")
+    proc = run(*ARGS, f"--workdir={w}")
+    assert proc.returncode == 0, proc.stderr
+    return w
+
+
+def assert_same_run(a, b):
+    assert results(a) == results(b)
+    sa, ma = final_params(a)
+    sb, mb = final_params(b)
+    assert int(sa.step) == int(sb.step) == 120
+    import jax
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_same_seed_gives_bit_identical_runs(reference, tmp_path):
+    proc = run(*ARGS, f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(reference, tmp_path)
+
+
+def test_sigkill_at_several_moments_then_resume_is_exact(reference, tmp_path):
+    # Kill inside epoch 1 (step 16 of 40), then inside epoch 3, then finish.
+    for past in (16, 96):
+        proc = start(tmp_path)
+        wait_for_checkpoint_past(proc, tmp_path, past)
+        proc.kill()
+        proc.wait()
+        assert not os.path.exists(tmp_path / "summary.json")
+    proc = run(*ARGS, f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from the checkpoint" in proc.stdout
+    assert_same_run(reference, tmp_path)
+    assert len(checkpoint_steps(tmp_path)) <= 2   # keep_checkpoints
+
+
+def test_sigterm_saves_and_exits_cleanly(reference, tmp_path):
+    proc = start(tmp_path)
+    wait_for_checkpoint_past(proc, tmp_path, 8)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "re-run the same command to resume" in err
+    assert not os.path.exists(tmp_path / "summary.json")
+    proc = run(*ARGS, f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(reference, tmp_path)
+
+
+def test_finished_run_is_not_trained_again(reference):
+    before = open(os.path.join(reference, "summary.json")).read()
+    proc = run(*ARGS, f"--workdir={reference}")
+    assert proc.returncode == 0 and "finished run" in proc.stdout
+    assert open(os.path.join(reference, "summary.json")).read() == before
+
+
+def test_different_config_refuses_naming_fields(reference):
+    before = sorted(os.listdir(reference))
+    proc = run(*ARGS, "--config.learning_rate=0.05", "--config.seed=3",
+               f"--workdir={reference}")
+    assert_user_error(proc, "different config", "learning_rate: 0.03 -> 0.05", "seed: 0 -> 3",
+                      "--overwrite")
+    assert sorted(os.listdir(reference)) == before
+
+
+def test_second_process_on_a_run_directory_refuses(tmp_path, mnist_dir):
+    (tmp_path / ".lock").touch()
+    with open(tmp_path / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = run(*ARGS, f"--workdir={tmp_path}")
+    assert_user_error(proc, "another process")
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_divergence_stops_with_epoch_and_step(tmp_path, mnist_dir):
+    proc = run("--config=experiments/dbl_conv_relu.py", "--config.train_size=200",
+               "--config.learning_rate=1e6", "--config.num_epochs=2",
+               f"--workdir={tmp_path}")
+    assert_user_error(proc, "diverged", "epoch 1", "step", "smaller --config.learning_rate")
+    assert (tmp_path / "config.json").exists()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert not (tmp_path / "summary.json").exists()

@@ -6,7 +6,6 @@ import errno
 import gzip
 import os
 import shutil
-import struct
 import subprocess
 
 import numpy as np
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn import data
+from tests.test_data import idx_bytes as _idx
 from tests.test_run import QUICK, assert_user_error, run
 
 # (override, fragment the error line must contain)
@@ -87,11 +87,6 @@ def test_bad_config_variant_argument(tmp_path):
 
 
 # ---- damaged data through the command line ----
-
-def _idx(arr, code=0x08):
-    return struct.pack(">HBB", 0, code, arr.ndim) + struct.pack(
-        f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-
 
 def _dataset(d, n_train=60000, n_test=100, train_labels=None, image_hw=(28, 28)):
     d.mkdir(exist_ok=True)
@@ -222,7 +217,7 @@ def test_fuzz_parse_idx_arbitrary_bytes(raw):
        st.integers(-8, 8), st.integers(0, 3), st.binary(max_size=8))
 def test_fuzz_parse_idx_mutated_headers(dims, code, size_delta, flip, noise):
     arr = np.zeros(dims, np.uint8)
-    raw = bytearray(_idx(arr, code=code))
+    raw = bytearray(_idx(arr, dtype_code=code))
     if flip:
         raw[flip] ^= 0xFF
     raw = bytes(raw)

@@ -49,13 +49,19 @@ def parse_flags(argv):
 
 
 def _first_line(e):
+    """The line that says what is wrong: for a config file that raised, its exception
+    (the last line of the traceback config_flags embeds), else the first line."""
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
+    if not lines:
+        return type(e).__name__
+    if any(l.startswith("Traceback") for l in lines):
+        return f"{lines[0].split(':')[0]}: {lines[-1].split('.')[-1]}"
+    return lines[0]
 
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)   # jax/orbax INFO chatter
+    logging.set_verbosity(logging.ERROR)   # jax/orbax/tfds INFO and WARNING chatter
     from mnist_cnn import cli
     sys.exit(cli.main(FLAGS))
 

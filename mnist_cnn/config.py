@@ -37,6 +37,23 @@ def softmax(features=10, dropout=0.0):
     return ml_collections.ConfigDict(dict(kind="softmax", features=features, dropout=dropout))
 
 
+def parse_variant(arg, **defaults):
+    """'n=300,p=0.5' -> dict, each value cast to its default's type; for experiment
+    variants such as --config=experiments/expanded_data.py:n=300."""
+    out = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in defaults:
+            raise ConfigError(f"bad variant {part!r}; this experiment takes "
+                              f"{', '.join(f'{k}=' for k in defaults)}")
+        try:
+            out[key] = type(defaults[key])(value)
+        except ValueError:
+            raise ConfigError(f"variant {key} must be a {type(defaults[key]).__name__}, "
+                              f"got {value!r}") from None
+    return out
+
+
 def base_config():
     """Fields every experiment has, at network3's faithful settings."""
     c = ml_collections.ConfigDict()
@@ -56,6 +73,8 @@ def base_config():
     c.data_source = "auto"      # auto | idx | tfds
     c.download = True           # fetch into the cache when nothing is found
     c.shuffle = False           # network3 visits mini-batches in the same order each epoch
+    c.expand_data = False       # the book's 5x expansion (each image + four 1-pixel shifts)
+    c.augment_shift = 0         # on-the-fly random shifts of up to k pixels (0: off)
     c.init = "network3"         # network3 | modern (He / LeCun normal, zero biases)
     c.dropout_mode = "network3"  # network3 (no rescale; weights x (1-p) at eval) | inverted
     c.conv_impl = "auto"        # auto | patches | xla
@@ -83,7 +102,7 @@ def _is_num(v):
 def validate(c):
     """Raises ConfigError with a one-line message naming the first bad field."""
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
-                  "seed", "checkpoint_every_steps", "keep_checkpoints"):
+                  "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
@@ -96,6 +115,8 @@ def validate(c):
     _check(c.checkpoint_every_steps >= 0,
            "config.checkpoint_every_steps must be >= 0 (0: at the end of each epoch only)")
     _check(c.keep_checkpoints > 0, "config.keep_checkpoints must be positive")
+    _check(0 <= c.augment_shift < 28, f"config.augment_shift must be in [0, 27] pixels "
+           f"(a shift of 28 or more leaves a blank image), got {c.augment_shift}")
     for field in ("learning_rate", "l2", "momentum", "warmup_epochs"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
     _check(c.learning_rate > 0,

@@ -298,3 +298,52 @@ def load(source="auto", data_dir=None, train_size=None, download=True) -> Datase
 def to_float(images):
     """uint8 images (N, 28, 28) -> float32 NHWC (N, 28, 28, 1) in [0, 1]. Works on jax arrays."""
     return (images.astype("float32") / 255.0)[..., None]
+
+
+def shift_image(images, dy: int, dx: int):
+    """Shifts (N, H, W) images by (dy, dx) pixels, filling the vacated rows/columns with
+    zeros (network3's expand_mnist.py: np.roll, then the wrapped row or column zeroed).
+    Works on numpy and jax arrays."""
+    import jax.numpy as jnp
+    n, h, w = images.shape
+    padded = jnp.pad(images, ((0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx))))
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return padded[:, top:top + h, left:left + w]
+
+
+# The book's four shifts, in expand_mnist.py's order: down, up, right, left.
+BOOK_SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def expand(images, labels, key=None):
+    """The book's expanded training set: each image followed by its four 1-pixel shifts
+    (5N images), then shuffled once with `key` as expand_mnist.py does (None: unshuffled).
+    One jitted computation on the device; no Python loop over images."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def build(images, labels):
+        views = [images] + [shift_image(images, dy, dx) for dy, dx in BOOK_SHIFTS]
+        out = jnp.stack(views, axis=1).reshape(-1, *images.shape[1:])
+        out_labels = jnp.repeat(labels, len(views))
+        if key is not None:
+            perm = jax.random.permutation(key, out.shape[0])
+            out, out_labels = out[perm], out_labels[perm]
+        return out, out_labels
+
+    return build(jnp.asarray(images), jnp.asarray(labels))
+
+
+def random_shift(key, images, max_shift: int):
+    """Each image of a (B, H, W) batch shifted by its own random (dy, dx), each in
+    [-max_shift, max_shift], zero-filled. Pure and jittable: on-the-fly augmentation."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    b, h, w = images.shape
+    k = max_shift
+    padded = jnp.pad(images, ((0, 0), (k, k), (k, k)))
+    offsets = jax.random.randint(key, (b, 2), 0, 2 * k + 1)
+    crop = lambda img, off: lax.dynamic_slice(img, (off[0], off[1]), (h, w))
+    return jax.vmap(crop)(padded, offsets)

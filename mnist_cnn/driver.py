@@ -42,7 +42,8 @@ class Interrupted(Exception):
                          f"step {step}; checkpoint saved: re-run the same command to resume")
 
 
-RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png")
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png",
+             "errors.png", "filters.png")
 # Fields that may change between a run and its resumption: where the data comes from.
 RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints"}
 
@@ -248,7 +249,8 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
 
 
 def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
-    num_batches = train.steps_per_epoch(len(ds.train), config.batch_size)
+    num_train = len(ds.train) * (5 if config.expand_data else 1)
+    num_batches = train.steps_per_epoch(num_train, config.batch_size)
     ckpt_every = config.checkpoint_every_steps
     chunk_steps = train.chunk_size(num_batches, min(config.chunk_steps, ckpt_every or
                                                     config.chunk_steps))
@@ -268,16 +270,19 @@ def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
                                             for m in metrics))
 
     train_x, train_y = jax.device_put(ds.train.images), jax.device_put(ds.train.labels)
+    if config.expand_data:
+        train_x, train_y = data.expand(train_x, train_y,
+                                       jax.random.fold_in(jax.random.PRNGKey(config.seed), 7))
     val_x, val_y = jax.device_put(ds.validation.images), jax.device_put(ds.validation.labels)
     test_x, test_y = jax.device_put(ds.test.images), jax.device_put(ds.test.labels)
-    order_of = (lambda e: train.shuffle_order(state.key, e, len(ds.train))) \
+    order_of = (lambda e: train.shuffle_order(state.key, e, num_train)) \
         if config.shuffle else (lambda e: None)
     t0 = time.perf_counter()
     compiled = train.make_train_chunk(model, tx, config, num_batches).lower(
         state, train_x, train_y, order_of(0), 0, num_steps=chunk_steps).compile()
     compile_s = time.perf_counter() - t0
     evaluate = train.make_eval(model, config.eval_batch_size)
-    log(f"data: {ds.source}; train {len(ds.train)}, validation {len(ds.validation)}, "
+    log(f"data: {ds.source}; train {num_train}, validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {num_batches} mini-batches of {config.batch_size}; "
         f"compiled in {compile_s:.1f} s on {jax.devices()[0].device_kind}")
 
@@ -357,6 +362,12 @@ def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
     )
     plots.learning_curves(metrics, os.path.join(workdir, "learning_curves.png"),
                           title=config.name)
+    _, predictions = evaluate(state.params, test_x, test_y)
+    plots.errors_grid(ds.test.images, ds.test.labels, np.asarray(predictions),
+                      os.path.join(workdir, "errors.png"))
+    first = state.params[sorted(state.params, key=lambda k: int(k[5:].split("_")[0]))[0]]
+    if first["w"].ndim == 4:
+        plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     log(f"best validation {100 * summary['best_validation_accuracy']:.2f}% at epoch "
         f"{summary['best_epoch']}: test accuracy {100 * summary['test_accuracy']:.2f}%; "

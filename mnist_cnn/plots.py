@@ -40,3 +40,46 @@ def learning_curves(metrics: list[dict], path: str, title: str = ""):
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def errors_grid(images, labels, predictions, path: str, max_images: int = 100,
+                title: str = ""):
+    """The misclassified test images in a grid, as the chapter shows its 33: the true
+    label at the top right of each, the network's prediction at the bottom right."""
+    import numpy as np
+    all_wrong = np.flatnonzero(np.asarray(predictions) != np.asarray(labels))
+    wrong = all_wrong[:max_images]
+    cols = max(1, min(10, len(wrong)))
+    rows = max(1, -(-len(wrong) // cols))
+    plt = _plt()
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.15 * rows + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(np.asarray(images[i]), cmap="Greys", vmin=0, vmax=255)
+        ax.text(27, 1, str(int(labels[i])), color="green", ha="right", va="top", fontsize=9)
+        ax.text(27, 27, str(int(predictions[i])), color="red", ha="right", va="bottom",
+                fontsize=9)
+    shown = "" if len(wrong) == len(all_wrong) else f", the first {len(wrong)} shown"
+    fig.suptitle(title or f"{len(all_wrong)} test images misclassified{shown} "
+                 f"(true label top right, prediction bottom right)", fontsize=9, y=1.0)
+    _save(fig, path)
+
+
+def filters_grid(kernel, path: str, title: str = "first-layer filters"):
+    """A conv layer's learned kh x kw filters (HWIO, first input channel) as small grey
+    images, darker = larger weight, as the chapter's figure of the 20 feature maps."""
+    import numpy as np
+    w = np.asarray(kernel)[:, :, 0, :]
+    n = w.shape[-1]
+    cols = min(10, n)
+    rows = -(-n // cols)
+    plt = _plt()
+    fig, axes = plt.subplots(rows, cols, figsize=(0.9 * cols, 0.9 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for f, ax in zip(range(n), axes.flat):
+        ax.imshow(w[:, :, f], cmap="Greys", interpolation="nearest")
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)

@@ -105,6 +105,7 @@ def make_train_chunk(model, tx, config, num_batches: int):
     `order` is None for network3's fixed order, else the epoch's permutation."""
     step = make_train_step(model, tx, config.l2, num_batches)
     bs = config.batch_size
+    shift = config.augment_shift
 
     @partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))
     def chunk(state, images, labels, order, start, num_steps):
@@ -116,6 +117,9 @@ def make_train_chunk(model, tx, config, num_batches: int):
             else:
                 idx = lax.dynamic_slice_in_dim(order, pos, bs)
                 x, y = images[idx], labels[idx]
+            if shift:
+                key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
+                x = data.random_shift(key, x, shift)
             return step(state, data.to_float(x), y)
 
         state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))

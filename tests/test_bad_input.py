@@ -54,6 +54,7 @@ CONFIG_CASES = [
     ("layers[3].dropout=-0.1", "dropout"),
     ("layers[2].kind=softmax", "softmax"),
     ("layers[1].kernel=13", "do not fit"),
+    ("augment_shift=28", "augment_shift"), ("augment_shift=-1", "augment_shift"),
 ]
 
 

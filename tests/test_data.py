@@ -884,3 +884,71 @@ def test_load_end_to_end(monkeypatch):
     assert (len(ds.train), len(ds.validation), len(ds.test)) == (100, 10_000, 10_000)
     assert ds.source == f"idx:{os.path.abspath(REAL_DIR)}"
     assert ds.train.labels.dtype == np.int32
+
+
+# ---------------------------------------------------------------------------------------
+# The book's expansion: every image plus its four 1-pixel shifts.
+
+def _book_expand(images):
+    """network3's expand_mnist.py, transcribed with numpy: roll, zero the wrapped line."""
+    out = []
+    for image in images:
+        out.append(image)
+        for d, axis, index_position, index in [(1, 0, "first", 0), (-1, 0, "first", 27),
+                                               (1, 1, "last", 0), (-1, 1, "last", 27)]:
+            new = np.roll(image, d, axis)
+            if index_position == "first":
+                new[index, :] = 0
+            else:
+                new[:, index] = 0
+            out.append(new)
+    return np.stack(out)
+
+
+def test_expand_matches_expand_mnist_py():
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.arange(6, dtype=np.int32)
+    got, got_labels = data.expand(images, labels)
+    np.testing.assert_array_equal(np.asarray(got), _book_expand(images))
+    np.testing.assert_array_equal(np.asarray(got_labels), np.repeat(labels, 5))
+    assert got.dtype == np.uint8
+
+
+def test_expand_shuffled_is_a_permutation_of_the_pairs():
+    import jax
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 7).astype(np.int32)
+    a, la = data.expand(images, labels)
+    b, lb = data.expand(images, labels, key=jax.random.PRNGKey(3))
+    a, la, b, lb = map(np.asarray, (a, la, b, lb))
+    key = lambda x, y: sorted(zip(map(bytes, x), y.tolist()))
+    assert key(a, la) == key(b, lb) and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dy,dx", [(2, 0), (0, -3), (1, 1), (-2, 2), (0, 0)])
+def test_shift_image_fills_with_zeros(dy, dx):
+    images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 251 + 1
+    got = np.asarray(data.shift_image(images, dy, dx))
+    want = np.zeros_like(images)
+    ys, xs = slice(max(dy, 0), 28 + min(dy, 0)), slice(max(dx, 0), 28 + min(dx, 0))
+    src_y, src_x = slice(max(-dy, 0), 28 - max(dy, 0)), slice(max(-dx, 0), 28 - max(dx, 0))
+    want[:, ys, xs] = images[:, src_y, src_x]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_random_shift_applies_one_shift_per_image_within_range():
+    import jax
+    rng = np.random.default_rng(2)
+    images = rng.integers(1, 256, (16, 28, 28), dtype=np.uint8)
+    out = np.asarray(data.random_shift(jax.random.PRNGKey(0), images, 2))
+    seen = set()
+    for img, got in zip(images, out):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(np.asarray(data.shift_image(img[None], dy, dx))[0], got)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 3   # not the same shift for every image
+    again = np.asarray(data.random_shift(jax.random.PRNGKey(0), images, 2))
+    np.testing.assert_array_equal(out, again)

@@ -12,7 +12,8 @@ from mnist_cnn import networks
 from tests.test_layers import conv_ref, pool_ref
 
 EXPERIMENTS = ["intro_conv", "shallow", "basic_conv", "omit_fc", "dbl_conv",
-               "dbl_conv_tanh", "dbl_conv_relu"]
+               "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc",
+               "double_fc_dropout"]
 
 
 def shapes(params):
@@ -105,3 +106,28 @@ def test_network3_dropout_scales_inputs_at_evaluation():
     a = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
     b = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
     assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("name,arg,fc_sizes,dropouts,epochs,l2", [
+    ("expanded_data", "n=300", [300], [0.0, 0.0], 60, 0.1),
+    ("expanded_data_double_fc", "n=1000", [1000, 1000], [0.0, 0.0, 0.0], 60, 0.1),
+    ("double_fc_dropout", None, [1000, 1000], [0.5, 0.5, 0.5], 40, 0.0),
+])
+def test_chapter_end_experiments_have_the_books_settings(name, arg, fc_sizes, dropouts,
+                                                         epochs, l2):
+    mod = importlib.import_module(f"experiments.{name}")
+    c = mod.get_config(arg) if arg else mod.get_config()
+    assert c.expand_data and c.learning_rate == 0.03 and c.batch_size == 10
+    assert c.num_epochs == epochs and c.l2 == l2
+    assert [l.features for l in c.layers if l.kind == "fc"] == fc_sizes
+    assert [l.dropout for l in c.layers if l.kind in ("fc", "softmax")] == dropouts
+    assert [l.activation for l in c.layers if l.kind != "softmax"] == ["relu"] * (
+        2 + len(fc_sizes))
+
+
+def test_variant_argument_errors():
+    from experiments import expanded_data
+    with pytest.raises(config_lib.ConfigError, match="must be a int"):
+        expanded_data.get_config("n=big")
+    with pytest.raises(config_lib.ConfigError, match="takes n="):
+        expanded_data.get_config("m=3")

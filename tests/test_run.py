@@ -53,7 +53,8 @@ def test_small_run_writes_every_run_file(tmp_path, mnist_dir):
     assert summary["train_images"] == 2 * 500
     config = json.loads((workdir / "config.json").read_text())
     assert config["train_size"] == 500 and config["shuffle"] is True
-    assert (workdir / "learning_curves.png").stat().st_size > 1000
+    for fig in ("learning_curves.png", "errors.png", "filters.png"):
+        assert (workdir / fig).stat().st_size > 1000
 
 
 def test_one_epoch_dbl_conv_relu_on_full_mnist(tmp_path, mnist_dir):
@@ -164,3 +165,27 @@ def test_malformed_flag_syntax(tmp_path):
     assert_user_error(run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
                           "--config.learning_rate"), "learning_rate")
     assert_user_error(run("--no_such_flag=1"), "no_such_flag")
+
+
+def test_figures_of_errors_and_filters(tmp_path):
+    import numpy as np
+    from mnist_cnn import plots
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    labels = np.arange(30) % 10
+    preds = labels.copy()
+    preds[[3, 7, 11]] = (labels[[3, 7, 11]] + 1) % 10
+    plots.errors_grid(images, labels, preds, str(tmp_path / "errors.png"))
+    plots.filters_grid(rng.normal(size=(5, 5, 1, 20)), str(tmp_path / "filters.png"))
+    for name in ("errors.png", "filters.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob("*.tmp.png"))
+
+
+def test_expanded_data_with_augmentation_runs(tmp_path, mnist_dir):
+    proc = run("--config=experiments/expanded_data.py:n=30", f"--workdir={tmp_path}",
+               "--config.train_size=100", "--config.num_epochs=1", "--config.augment_shift=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "train 500," in proc.stdout   # 100 images and their four shifts
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train_images"] == 500 and summary["name"] == "expanded_data_n30"

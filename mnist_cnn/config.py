@@ -75,6 +75,9 @@ def base_config():
     c.shuffle = False           # network3 visits mini-batches in the same order each epoch
     c.expand_data = False       # the book's 5x expansion (each image + four 1-pixel shifts)
     c.augment_shift = 0         # on-the-fly random shifts of up to k pixels (0: off)
+    c.num_members = 1           # >1: an ensemble trained together (vmapped), voting
+    c.vote = "plurality"        # plurality (the book) | mean_softmax
+    c.num_runs = 1              # >1: independent runs (vmapped); the best validation is kept
     c.init = "network3"         # network3 | modern (He / LeCun normal, zero biases)
     c.dropout_mode = "network3"  # network3 (no rescale; weights x (1-p) at eval) | inverted
     c.conv_impl = "auto"        # auto | patches | xla
@@ -102,7 +105,8 @@ def _is_num(v):
 def validate(c):
     """Raises ConfigError with a one-line message naming the first bad field."""
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
-                  "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift"):
+                  "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
+                  "num_members", "num_runs"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
@@ -115,6 +119,13 @@ def validate(c):
     _check(c.checkpoint_every_steps >= 0,
            "config.checkpoint_every_steps must be >= 0 (0: at the end of each epoch only)")
     _check(c.keep_checkpoints > 0, "config.keep_checkpoints must be positive")
+    _check(c.num_members >= 1, f"config.num_members must be >= 1 (an ensemble needs at "
+           f"least one network), got {c.num_members}")
+    _check(c.num_runs >= 1, f"config.num_runs must be >= 1, got {c.num_runs}")
+    _check(c.num_members == 1 or c.num_runs == 1, "config.num_members and config.num_runs "
+           "cannot both exceed 1: train an ensemble, or repeat a single network")
+    _check(c.vote in ("plurality", "mean_softmax"),
+           f"config.vote must be plurality or mean_softmax, got {c.vote!r}")
     _check(0 <= c.augment_shift < 28, f"config.augment_shift must be in [0, 27] pixels "
            f"(a shift of 28 or more leaves a blank image), got {c.augment_shift}")
     for field in ("learning_rate", "l2", "momentum", "warmup_epochs"):

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from mnist_cnn import checkpoint, data, networks, plots, train
+from mnist_cnn import checkpoint, data, ensemble, networks, plots, train
 from mnist_cnn import config as config_lib
 
 
@@ -234,13 +234,18 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
         return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download)
+    plan = Plan(config, model, ds)      # compiles, and checks memory, before any write
+    log(f"data: {ds.source}; train {plan.num_train}, validation {len(ds.validation)}, "
+        f"test {len(ds.test)}; {plan.num_batches} mini-batches of {config.batch_size}"
+        f"{f'; {plan.members} networks stacked' if plan.stacked else ''}; compiled in "
+        f"{plan.compile_s:.1f} s on {jax.devices()[0].device_kind}")
     try:
         os.makedirs(workdir, exist_ok=True)
         with locked(workdir), stop_on_signals() as stop:
             if mode == "fresh":
                 clear_run(workdir)
                 write_json_atomic(os.path.join(workdir, "config.json"), config_dict)
-            return _train(config, model, ds, workdir, stop, t_start, progress, log)
+            return _train(plan, workdir, stop, t_start, progress, log)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
             raise RunError(f"cannot write to --workdir {workdir}: {e.strerror}; free space "
@@ -248,14 +253,89 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
         raise
 
 
-def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
-    num_train = len(ds.train) * (5 if config.expand_data else 1)
-    num_batches = train.steps_per_epoch(num_train, config.batch_size)
+def available_memory() -> int | None:
+    """Bytes the default device can still hold (host RAM on CPU), None if unknown."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return None
+
+
+class Plan:
+    """Everything a run computes before it touches the run directory: sizes, the
+    optimizer, the initial (possibly stacked) state, the compiled chunk, the predictor,
+    and a memory check of the compiled program."""
+
+    def __init__(self, config, model, ds):
+        self.config, self.model, self.ds = config, model, ds
+        self.members = max(config.num_members, config.num_runs)
+        self.stacked = self.members > 1
+        self.num_train = len(ds.train) * (5 if config.expand_data else 1)
+        self.num_batches = train.steps_per_epoch(self.num_train, config.batch_size)
+        every = config.checkpoint_every_steps
+        self.chunk_steps = train.chunk_size(
+            self.num_batches, min(config.chunk_steps, every or config.chunk_steps))
+        self.tx = train.make_optimizer(config, self.num_batches)
+        self.state = train.init_states(model, self.tx, config.seed, self.members)
+        self.train_x = jax.device_put(ds.train.images)
+        self.train_y = jax.device_put(ds.train.labels)
+        if config.expand_data:
+            key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
+            self.train_x, self.train_y = data.expand(self.train_x, self.train_y, key)
+        t0 = time.perf_counter()
+        lowered = train.make_train_chunk(model, self.tx, config, self.num_batches,
+                                         self.stacked).lower(
+            self.state, self.train_x, self.train_y, self.order(self.state, 0), 0,
+            num_steps=self.chunk_steps)
+        self.compiled = lowered.compile()
+        self.compile_s = time.perf_counter() - t0
+        self.check_memory()
+        self.predict = train.make_predict(model, config.eval_batch_size, self.stacked)
+
+    def order(self, state, epoch):
+        if not self.config.shuffle:
+            return None
+        return train.epoch_order(state.key, epoch, self.num_train, self.stacked)
+
+    def check_memory(self):
+        try:
+            m = self.compiled.memory_analysis()
+            need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+        except Exception:   # not every backend reports it
+            return
+        free = available_memory()
+        if free is not None and need > free:
+            raise RunError(
+                f"{self.members} stacked network(s) need about {need / 2**30:.1f} GiB to "
+                f"train but {free / 2**30:.1f} GiB is free; use fewer members/runs "
+                f"(--config.num_members / --config.num_runs) or a smaller batch_size")
+
+
+def _evaluate(plan, state, images, labels):
+    """(accuracy of the run or ensemble, per-member accuracies or None, predictions)."""
+    probs = np.asarray(plan.predict(state.params, images))
+    labels = np.asarray(labels)
+    if not plan.stacked:
+        preds = probs.argmax(-1)
+        return float(np.mean(preds == labels)), None, preds
+    per = [float(np.mean(p.argmax(-1) == labels)) for p in probs]
+    if plan.config.num_members > 1:
+        preds = np.asarray(ensemble.vote(plan.config.vote, probs))
+        return float(np.mean(preds == labels)), per, preds
+    return float(np.mean(per)), per, probs.argmax(-1)
+
+
+def _train(plan, workdir, stop, t_start, progress, log) -> dict:
+    config, ds = plan.config, plan.ds
+    num_batches, chunk_steps = plan.num_batches, plan.chunk_steps
     ckpt_every = config.checkpoint_every_steps
-    chunk_steps = train.chunk_size(num_batches, min(config.chunk_steps, ckpt_every or
-                                                    config.chunk_steps))
-    tx = train.make_optimizer(config, num_batches)
-    state = train.init_state(model, tx, config.seed)
+    state = plan.state
     mngr = checkpoint.manager(workdir, config.keep_checkpoints)
     at = dict(epoch=0, step_in_epoch=0, loss_sum=0.0, nll_sum=0.0, metrics=[],
               train_time_s=0.0, wall_time_s=0.0, compile_time_s=0.0)
@@ -268,54 +348,43 @@ def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     write_text_atomic(metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n"
                                             for m in metrics))
-
-    train_x, train_y = jax.device_put(ds.train.images), jax.device_put(ds.train.labels)
-    if config.expand_data:
-        train_x, train_y = data.expand(train_x, train_y,
-                                       jax.random.fold_in(jax.random.PRNGKey(config.seed), 7))
     val_x, val_y = jax.device_put(ds.validation.images), jax.device_put(ds.validation.labels)
     test_x, test_y = jax.device_put(ds.test.images), jax.device_put(ds.test.labels)
-    order_of = (lambda e: train.shuffle_order(state.key, e, num_train)) \
-        if config.shuffle else (lambda e: None)
-    t0 = time.perf_counter()
-    compiled = train.make_train_chunk(model, tx, config, num_batches).lower(
-        state, train_x, train_y, order_of(0), 0, num_steps=chunk_steps).compile()
-    compile_s = time.perf_counter() - t0
-    evaluate = train.make_eval(model, config.eval_batch_size)
-    log(f"data: {ds.source}; train {num_train}, validation {len(ds.validation)}, "
-        f"test {len(ds.test)}; {num_batches} mini-batches of {config.batch_size}; "
-        f"compiled in {compile_s:.1f} s on {jax.devices()[0].device_kind}")
+    compile_s = plan.compile_s
 
     def save(epoch_done, step_in_epoch, loss_sum, nll_sum, train_time):
         now = dict(epoch=epoch_done, step_in_epoch=step_in_epoch, loss_sum=loss_sum,
                    nll_sum=nll_sum, metrics=metrics, train_time_s=train_time,
                    wall_time_s=at["wall_time_s"] + time.perf_counter() - t_start,
                    compile_time_s=at["compile_time_s"] + compile_s)
-        checkpoint.save(mngr, int(state.step), state, now)
+        checkpoint.save(mngr, int(np.max(state.step)), state, now)
 
     train_time = at["train_time_s"]
     for epoch in range(at["epoch"] + 1, config.num_epochs + 1):
         first = epoch == at["epoch"] + 1
         begin = at["step_in_epoch"] if first else 0
         loss_sum, nll_sum = (at["loss_sum"], at["nll_sum"]) if first else (0.0, 0.0)
-        order = order_of(epoch - 1)
+        order = plan.order(state, epoch - 1)
         bar = Progress(num_batches, config.batch_size, epoch, config.num_epochs, progress,
                        done=begin)
         epoch_train_s = 0.0
         for start in range(begin, num_batches, chunk_steps):
             t_chunk = time.perf_counter()
-            state, losses, nlls = compiled(state, train_x, train_y, order, start)
-            losses = np.asarray(losses, np.float64)
+            state, losses, nlls = plan.compiled(state, plan.train_x, plan.train_y, order,
+                                                start)
+            losses = np.asarray(losses, np.float64).reshape(-1, chunk_steps)
             epoch_train_s += time.perf_counter() - t_chunk
-            if not np.all(np.isfinite(losses)):
-                bad = start + int(np.argmin(np.isfinite(losses)))
+            finite = np.all(np.isfinite(losses), axis=0)
+            if not np.all(finite):
+                bad = int(np.argmin(finite))
                 raise RunError(
-                    f"training diverged: the loss became {losses[bad - start]} in epoch "
-                    f"{epoch} at step {bad + 1} of {num_batches}; the last good checkpoint "
-                    f"and metrics are kept; try a smaller --config.learning_rate "
+                    f"training diverged: the loss became {losses[:, bad].max()} in epoch "
+                    f"{epoch} at step {start + bad + 1} of {num_batches}; the last good "
+                    f"checkpoint and metrics are kept; try a smaller --config.learning_rate "
                     f"(now {config.learning_rate})")
-            loss_sum += float(losses.sum())
-            nll_sum += float(np.asarray(nlls, np.float64).sum())
+            # Training cost: summed over steps, averaged over stacked members.
+            loss_sum += float(losses.sum()) / losses.shape[0]
+            nll_sum += float(np.asarray(nlls, np.float64).sum()) / losses.shape[0]
             bar.update(chunk_steps)
             end = start + chunk_steps
             if end < num_batches and (stop.signum or (
@@ -324,48 +393,46 @@ def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, end)
         train_time += epoch_train_s
-        val_correct, _ = evaluate(state.params, val_x, val_y)
-        test_correct, _ = evaluate(state.params, test_x, test_y)
+        val, val_members, _ = _evaluate(plan, state, val_x, val_y)
+        test, test_members, _ = _evaluate(plan, state, test_x, test_y)
+        images = (num_batches - begin) * config.batch_size * plan.members
         m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
-                 train_nll=nll_sum / num_batches,
-                 validation_accuracy=int(val_correct) / len(ds.validation),
-                 test_accuracy=int(test_correct) / len(ds.test),
-                 epoch_train_s=round(epoch_train_s, 3),
-                 train_images_per_s=round((num_batches - begin) * config.batch_size
-                                          / max(epoch_train_s, 1e-9), 1))
+                 train_nll=nll_sum / num_batches, validation_accuracy=val,
+                 test_accuracy=test, epoch_train_s=round(epoch_train_s, 3),
+                 train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
+        if plan.stacked:
+            m.update(members_validation_accuracy=val_members,
+                     members_test_accuracy=test_members)
         metrics.append(m)
         save(epoch, 0, 0.0, 0.0, train_time)
         append_jsonl(metrics_path, m)
-        log(f"epoch {epoch}: cost {m['train_loss']:.4f}, validation "
-            f"{100 * m['validation_accuracy']:.2f}%, test {100 * m['test_accuracy']:.2f}%, "
-            f"{m['train_images_per_s']:,.0f} images/s")
+        members = (f" (members {', '.join(f'{100 * a:.2f}' for a in val_members)})"
+                   if plan.stacked else "")
+        log(f"epoch {epoch}: cost {m['train_loss']:.4f}, validation {100 * val:.2f}%"
+            f"{members}, test {100 * test:.2f}%, {m['train_images_per_s']:,.0f} images/s")
         if stop.signum:
             raise Interrupted(stop.signum, epoch, num_batches)
 
-    best = train.best_epoch([m["validation_accuracy"] for m in metrics])
-    images = num_batches * config.batch_size * len(metrics)
-    summary = dict(
-        name=config.name,
-        test_accuracy=metrics[best]["test_accuracy"],
-        best_validation_accuracy=metrics[best]["validation_accuracy"],
-        best_epoch=metrics[best]["epoch"],
-        epochs_run=len(metrics),
-        final_test_accuracy=metrics[-1]["test_accuracy"],
+    summary = summarize(config, metrics, plan.members)
+    images = num_batches * config.batch_size * len(metrics) * plan.members
+    summary.update(
         wall_time_s=round(at["wall_time_s"] + time.perf_counter() - t_start, 2),
         compile_time_s=round(at["compile_time_s"] + compile_s, 2),
         train_images_per_s=round(images / max(train_time, 1e-9), 1),
-        train_images=images,
-        data_source=ds.source,
-        device=jax.devices()[0].device_kind,
-        platform=jax.default_backend(),
-        jax_version=jax.__version__,
-    )
+        train_images=images, data_source=ds.source, device=jax.devices()[0].device_kind,
+        platform=jax.default_backend(), jax_version=jax.__version__)
+    chosen = summary.get("chosen_run", 0)
+    final = ensemble.member(state, chosen) if config.num_runs > 1 else state
+    _, _, predictions = _evaluate(plan, state, test_x, test_y)
+    if config.num_runs > 1:
+        predictions = predictions[chosen]
+    summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))
     plots.learning_curves(metrics, os.path.join(workdir, "learning_curves.png"),
                           title=config.name)
-    _, predictions = evaluate(state.params, test_x, test_y)
-    plots.errors_grid(ds.test.images, ds.test.labels, np.asarray(predictions),
+    plots.errors_grid(ds.test.images, ds.test.labels, predictions,
                       os.path.join(workdir, "errors.png"))
-    first = state.params[sorted(state.params, key=lambda k: int(k[5:].split("_")[0]))[0]]
+    params = ensemble.member(final.params, 0) if config.num_members > 1 else final.params
+    first = params[sorted(params, key=lambda k: int(k[5:].split("_")[0]))[0]]
     if first["w"].ndim == 4:
         plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
@@ -373,3 +440,34 @@ def _train(config, model, ds, workdir, stop, t_start, progress, log) -> dict:
         f"{summary['best_epoch']}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
         f"wall time {summary['wall_time_s']:.0f} s")
     return summary
+
+
+def summarize(config, metrics: list[dict], members: int) -> dict:
+    """The run's result: test accuracy at the best-validation epoch (a later tie wins);
+    for num_runs > 1 the run with the best validation accuracy, as the book kept."""
+    if config.num_runs > 1:
+        runs = []
+        for r in range(config.num_runs):
+            vals = [m["members_validation_accuracy"][r] for m in metrics]
+            b = train.best_epoch(vals)
+            runs.append(dict(run=r, seed=config.seed + r, best_epoch=b + 1,
+                             best_validation_accuracy=vals[b],
+                             test_accuracy=metrics[b]["members_test_accuracy"][r],
+                             final_test_accuracy=metrics[-1]["members_test_accuracy"][r]))
+        chosen = ensemble.best_run([r["best_validation_accuracy"] for r in runs])
+        best = runs[chosen]
+        return dict(name=config.name, test_accuracy=best["test_accuracy"],
+                    best_validation_accuracy=best["best_validation_accuracy"],
+                    best_epoch=best["best_epoch"], epochs_run=len(metrics),
+                    final_test_accuracy=best["final_test_accuracy"], runs=runs,
+                    chosen_run=chosen)
+    b = train.best_epoch([m["validation_accuracy"] for m in metrics])
+    out = dict(name=config.name, test_accuracy=metrics[b]["test_accuracy"],
+               best_validation_accuracy=metrics[b]["validation_accuracy"],
+               best_epoch=metrics[b]["epoch"], epochs_run=len(metrics),
+               final_test_accuracy=metrics[-1]["test_accuracy"])
+    if config.num_members > 1:
+        out.update(num_members=members, vote=config.vote,
+                   members_test_accuracy=metrics[b]["members_test_accuracy"],
+                   members_validation_accuracy=metrics[b]["members_validation_accuracy"])
+    return out

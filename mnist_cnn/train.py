@@ -46,10 +46,25 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
                      momentum=config.momentum or None, nesterov=bool(config.nesterov))
 
 
-def init_state(model, tx, seed: int) -> TrainState:
+def init_state(model, tx, seed) -> TrainState:
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     params = networks.init_params(model, init_key)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), run_key)
+
+
+def init_states(model, tx, seed: int, num_members: int) -> TrainState:
+    """One state, or `num_members` stacked on axis 0 with seeds seed, seed+1, ...
+    (member 0 is the run a single `seed` would give)."""
+    if num_members == 1:
+        return init_state(model, tx, seed)
+    return jax.vmap(lambda s: init_state(model, tx, s))(seed + jnp.arange(num_members))
+
+
+def epoch_order(key, epoch, n, stacked: bool):
+    """The epoch's shuffle order: (n,), or (members, n) from each member's own key."""
+    if stacked:
+        return jax.vmap(lambda k: shuffle_order(k, epoch, n))(key)
+    return shuffle_order(key, epoch, n)
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:
@@ -99,53 +114,64 @@ def make_train_step(model, tx, lmbda: float, num_batches: int):
     return step
 
 
-def make_train_chunk(model, tx, config, num_batches: int):
+def make_train_chunk(model, tx, config, num_batches: int, stacked: bool = False):
     """Returns jitted chunk(state, images_u8, labels, order, start, num_steps) ->
     (state, per-step losses, per-step log-likelihoods), both of shape (num_steps,).
-    `order` is None for network3's fixed order, else the epoch's permutation."""
+    `order` is None for network3's fixed order, else the epoch's permutation.
+    stacked: the state has a leading member axis (and `order` too); the scan is vmapped
+    and losses come back as (members, num_steps)."""
     step = make_train_step(model, tx, config.l2, num_batches)
     bs = config.batch_size
     shift = config.augment_shift
 
     @partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))
     def chunk(state, images, labels, order, start, num_steps):
-        def body(state, i):
-            pos = (start + i) * bs
-            if order is None:
-                x = lax.dynamic_slice_in_dim(images, pos, bs)
-                y = lax.dynamic_slice_in_dim(labels, pos, bs)
-            else:
-                idx = lax.dynamic_slice_in_dim(order, pos, bs)
-                x, y = images[idx], labels[idx]
-            if shift:
-                key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
-                x = data.random_shift(key, x, shift)
-            return step(state, data.to_float(x), y)
+        def scan(state, order):
+            def body(state, i):
+                pos = (start + i) * bs
+                if order is None:
+                    x = lax.dynamic_slice_in_dim(images, pos, bs)
+                    y = lax.dynamic_slice_in_dim(labels, pos, bs)
+                else:
+                    idx = lax.dynamic_slice_in_dim(order, pos, bs)
+                    x, y = images[idx], labels[idx]
+                if shift:
+                    key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
+                    x = data.random_shift(key, x, shift)
+                return step(state, data.to_float(x), y)
 
-        state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))
-        return state, losses, nlls
+            state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))
+            return state, losses, nlls
+
+        if not stacked:
+            return scan(state, order)
+        if order is None:
+            return jax.vmap(lambda st: scan(st, None))(state)
+        return jax.vmap(scan)(state, order)
 
     return chunk
 
 
-def make_eval(model, eval_batch_size: int):
-    """Returns jitted evaluate(params, images_u8, labels) -> (num correct, predictions)."""
+def make_predict(model, eval_batch_size: int, stacked: bool = False):
+    """Returns jitted predict(params, images_u8) -> softmax probabilities (N, 10), or
+    (members, N, 10) for stacked params; evaluated in batches of eval_batch_size."""
 
-    @jax.jit
-    def evaluate(params, images, labels):
+    def probs(params, images):
         n = images.shape[0]
         bs = min(eval_batch_size, n)
         pad = (-n) % bs
         xs = jnp.pad(images, ((0, pad), (0, 0), (0, 0))).reshape(-1, bs, *images.shape[1:])
+        batch = lambda x: jax.nn.softmax(
+            model.apply({"params": params}, data.to_float(x), train=False))
+        return lax.map(batch, xs).reshape(-1, 10)[:n]
 
-        def predict(x):
-            logits = model.apply({"params": params}, data.to_float(x), train=False)
-            return jnp.argmax(logits, axis=-1)
+    return jax.jit(jax.vmap(probs, in_axes=(0, None)) if stacked else probs)
 
-        preds = lax.map(predict, xs).reshape(-1)[:n]
-        return jnp.sum(preds == labels), preds
 
-    return evaluate
+def accuracy(probabilities, labels) -> float:
+    """Fraction of argmax predictions equal to labels (host-side, numpy)."""
+    import numpy as np
+    return float(np.mean(np.argmax(np.asarray(probabilities), -1) == np.asarray(labels)))
 
 
 def best_epoch(validation_accuracies) -> int:

@@ -55,6 +55,9 @@ CONFIG_CASES = [
     ("layers[2].kind=softmax", "softmax"),
     ("layers[1].kernel=13", "do not fit"),
     ("augment_shift=28", "augment_shift"), ("augment_shift=-1", "augment_shift"),
+    ("num_members=0", "num_members"), ("num_runs=0", "num_runs"),
+    ("vote=borda", "vote"),
+    ("num_runs=2000000", "GiB"),                  # more runs than memory allows
 ]
 
 
@@ -80,6 +83,11 @@ def test_malformed_flags(tmp_path, args, fragment):
     extra = [] if args == ["--workdir"] else [f"--workdir={tmp_path}/w"]
     proc = run("--config=experiments/dbl_conv_relu.py", *extra, *args)
     assert_user_error(proc, fragment)
+
+
+def test_ensemble_and_runs_together_refused(tmp_path):
+    assert_user_error(run("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
+                          "--config.num_members=2", "--config.num_runs=2"), "cannot both")
 
 
 def test_bad_config_variant_argument(tmp_path):

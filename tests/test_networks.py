@@ -12,7 +12,7 @@ from mnist_cnn import networks
 from tests.test_layers import conv_ref, pool_ref
 
 EXPERIMENTS = ["intro_conv", "shallow", "basic_conv", "omit_fc", "dbl_conv",
-               "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc",
+               "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc", "ensemble",
                "double_fc_dropout"]
 
 

@@ -116,15 +116,15 @@ def test_shuffle_order_is_a_seeded_permutation():
 
 
 @pytest.mark.parametrize("n,bs", [(25, 10), (30, 7), (10, 1000)])
-def test_eval_counts_correct_predictions_any_size(n, bs):
+def test_predict_any_size_matches_softmax_of_apply(n, bs):
     c = tiny_config()
     model, _, state = setup(c, 1)
     x, y = fake_data(n, seed=n)
-    count, preds = train.make_eval(model, bs)(state.params, x, y)
-    logits = model.apply({"params": state.params}, data.to_float(x))
-    want = np.argmax(np.asarray(logits), axis=1)
-    np.testing.assert_array_equal(preds, want)
-    assert int(count) == int(np.sum(want == np.asarray(y)))
+    probs = train.make_predict(model, bs)(state.params, x)
+    logits = np.asarray(model.apply({"params": state.params}, data.to_float(x)))
+    want = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-6)
+    assert train.accuracy(probs, y) == float(np.mean(want.argmax(-1) == np.asarray(y)))
 
 
 def test_best_epoch_later_tie_wins():

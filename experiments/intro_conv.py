@@ -6,12 +6,15 @@ publishes no accuracy or hyperparameters for it; we train it like `shallow` (eta
 mini-batch 10, sigmoid, 60 epochs).
 
     python run.py --config=experiments/intro_conv.py --workdir=runs/intro_conv
+
+Measured here (seed 0, the command above, 2-core AMD EPYC CPU, jax 0.10.2, two runs sharing the 2 cores):
+test 97.74% at the best-validation epoch 21 (validation 97.90%), final epoch 97.60%; 60 epochs, 3.0M images, wall time 8 min.
 """
 
 from mnist_cnn.config import base_config, conv_pool, softmax
 
 BOOK_ACCURACY = None   # the book gives no number for this network
-MEASURED = None        # see the README's results table
+MEASURED = 97.74
 
 
 def get_config():

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import math
 import os
 import shutil
 import signal

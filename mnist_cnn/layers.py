@@ -60,18 +60,8 @@ def extract_patches(x, kernel, stride=1):
 
     The last axis is ordered (i, j, c), matching an HWIO kernel reshaped to (kh*kw*C, O).
     """
-    kh, kw = _pair(kernel, "kernel")
-    sh, sw = _pair(stride, "stride")
-    n, h, w, c = x.shape
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"kernel {kh}x{kw} does not fit a {h}x{w} input")
-    slices = [
-        lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
-                  (1, sh, sw, 1))
-        for i in range(kh) for j in range(kw)
-    ]
-    return jnp.concatenate(slices, axis=-1) if c > 1 or len(slices) > 1 else slices[0]
+    slices = _window_slices(x, _pair(kernel, "kernel"), _pair(stride, "stride"), "kernel")
+    return jnp.concatenate(slices, axis=-1) if len(slices) > 1 else slices[0]
 
 
 def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
@@ -104,14 +94,15 @@ def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
     return y if b is None else y + b
 
 
-def _window_slices(x, window, stride):
-    """The kh*kw strided views whose elementwise reduction is a pooling."""
+def _window_slices(x, window, stride, what="pool window"):
+    """The kh*kw strided (N, Ho, Wo, C) views of x, one per window offset (i, j) in
+    row-major order: reduced elementwise they pool; concatenated they are conv patches."""
     kh, kw = window
     sh, sw = stride
     n, h, w, c = x.shape
     ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
     if ho < 1 or wo < 1:
-        raise ValueError(f"pool window {kh}x{kw} does not fit a {h}x{w} input")
+        raise ValueError(f"{what} {kh}x{kw} does not fit a {h}x{w} input")
     return [
         lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                   (1, sh, sw, 1))

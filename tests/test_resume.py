@@ -104,12 +104,13 @@ def test_sigkill_at_several_moments_then_resume_is_exact(reference, tmp_path):
     assert len(checkpoint_steps(tmp_path)) <= 2   # keep_checkpoints
 
 
-def test_sigterm_saves_and_exits_cleanly(reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_and_exit_cleanly(reference, tmp_path, sig):
     proc = start(tmp_path)
     wait_for_checkpoint_past(proc, tmp_path, 8)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and "re-run the same command to resume" in err
     assert not os.path.exists(tmp_path / "summary.json")
     proc = run(*ARGS, f"--workdir={tmp_path}")

@@ -341,8 +341,9 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     restored = checkpoint.restore_latest(mngr, state)
     if restored is not None:
         state, at = restored
-        log(f"resuming from the checkpoint at epoch {at['epoch'] + 1}, "
-            f"step {at['step_in_epoch']} of {num_batches}")
+        where = (f"step {at['step_in_epoch']} of {num_batches} in epoch {at['epoch'] + 1}"
+                 if at["step_in_epoch"] else f"the end of epoch {at['epoch']}")
+        log(f"resuming from the checkpoint at {where}")
     metrics = at["metrics"]
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     write_text_atomic(metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n"
@@ -359,6 +360,7 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         checkpoint.save(mngr, int(np.max(state.step)), state, now)
 
     train_time = at["train_time_s"]
+    predictions = None   # the last epoch's test predictions, for errors.png
     for epoch in range(at["epoch"] + 1, config.num_epochs + 1):
         first = epoch == at["epoch"] + 1
         begin = at["step_in_epoch"] if first else 0
@@ -393,7 +395,7 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                     raise Interrupted(stop.signum, epoch, end)
         train_time += epoch_train_s
         val, val_members, _ = _evaluate(plan, state, val_x, val_y)
-        test, test_members, _ = _evaluate(plan, state, test_x, test_y)
+        test, test_members, predictions = _evaluate(plan, state, test_x, test_y)
         images = (num_batches - begin) * config.batch_size * plan.members
         m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
                  train_nll=nll_sum / num_batches, validation_accuracy=val,
@@ -422,7 +424,8 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         platform=jax.default_backend(), jax_version=jax.__version__)
     chosen = summary.get("chosen_run", 0)
     final = ensemble.member(state, chosen) if config.num_runs > 1 else state
-    _, _, predictions = _evaluate(plan, state, test_x, test_y)
+    if predictions is None:   # resumed after the last epoch's checkpoint
+        _, _, predictions = _evaluate(plan, state, test_x, test_y)
     if config.num_runs > 1:
         predictions = predictions[chosen]
     summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))

@@ -151,3 +151,19 @@ def test_divergence_stops_with_epoch_and_step(tmp_path, mnist_dir):
     assert (tmp_path / "config.json").exists()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_killed_between_last_checkpoint_and_summary(reference, tmp_path):
+    """A run killed after its last epoch's checkpoint, before summary.json: the re-run
+    trains nothing more and writes the same summary and figures."""
+    import shutil
+    w = tmp_path / "w"
+    shutil.copytree(reference, w)
+    for f in ("summary.json", "errors.png", "learning_curves.png"):
+        (w / f).unlink()
+    proc = run(*ARGS, f"--workdir={w}")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from the checkpoint at the end of epoch 3" in proc.stdout
+    assert not [l for l in proc.stdout.splitlines() if l.startswith("epoch ")]
+    assert results(w) == results(reference)
+    assert (w / "errors.png").exists()

@@ -321,9 +321,8 @@ def _evaluate(plan, state, images, labels):
     probs = np.asarray(plan.predict(state.params, images))
     labels = np.asarray(labels)
     if not plan.stacked:
-        preds = probs.argmax(-1)
-        return float(np.mean(preds == labels)), None, preds
-    per = [float(np.mean(p.argmax(-1) == labels)) for p in probs]
+        return train.accuracy(probs, labels), None, probs.argmax(-1)
+    per = [train.accuracy(p, labels) for p in probs]
     if plan.config.num_members > 1:
         preds = np.asarray(ensemble.vote(plan.config.vote, probs))
         return float(np.mean(preds == labels)), per, preds

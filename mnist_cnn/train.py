@@ -93,10 +93,6 @@ def shuffle_order(key, epoch, n):
     return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
 
 
-def batch_indices(order, step_in_epoch, batch_size):
-    return lax.dynamic_slice_in_dim(order, step_in_epoch * batch_size, batch_size)
-
-
 def make_train_step(model, tx, lmbda: float, num_batches: int):
     """(state, images float NHWC, labels) -> (state, (loss, nll)); pure, jittable."""
     def step(state: TrainState, images, labels):

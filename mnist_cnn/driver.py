@@ -428,6 +428,16 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     if config.num_runs > 1:
         predictions = predictions[chosen]
     summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))
+    if config.plots:
+        _figures(config, metrics, ds, predictions, final, workdir)
+    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    log(f"best validation {100 * summary['best_validation_accuracy']:.2f}% at epoch "
+        f"{summary['best_epoch']}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
+        f"wall time {summary['wall_time_s']:.0f} s")
+    return summary
+
+
+def _figures(config, metrics, ds, predictions, final, workdir):
     plots.learning_curves(metrics, os.path.join(workdir, "learning_curves.png"),
                           title=config.name)
     plots.errors_grid(ds.test.images, ds.test.labels, predictions,
@@ -436,11 +446,6 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     first = params[sorted(params, key=lambda k: int(k[5:].split("_")[0]))[0]]
     if first["w"].ndim == 4:
         plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
-    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    log(f"best validation {100 * summary['best_validation_accuracy']:.2f}% at epoch "
-        f"{summary['best_epoch']}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
-        f"wall time {summary['wall_time_s']:.0f} s")
-    return summary
 
 
 def summarize(config, metrics: list[dict], members: int) -> dict:

@@ -17,7 +17,10 @@ from mnist_cnn import layers as L
 
 
 def _normal(std):
-    return lambda key, shape, dtype=jnp.float32: std * jax.random.normal(key, shape, dtype)
+    # The barrier stops XLA folding `std` into random.normal's own last multiply, so the
+    # jitted init gives the same bits as the eager one (which the measured runs used).
+    return lambda key, shape, dtype=jnp.float32: std * jax.lax.optimization_barrier(
+        jax.random.normal(key, shape, dtype))
 
 
 def _weight_init(init, activation, n_out_for_network3):

@@ -32,7 +32,7 @@ CONFIG_CASES = [
     ("seed=1.5", "seed"),
     ("train_size=0", "train_size"), ("train_size=50001", "train_size"),
     ("data_source=s3", "data_source"),
-    ("shuffle=sometimes", "shuffle"),
+    ("shuffle=sometimes", "shuffle"), ("plots=perhaps", "plots"),
     ("init=xavier", "init"),
     ("dropout_mode=spatial", "dropout_mode"),
     ("conv_impl=winograd", "conv_impl"),

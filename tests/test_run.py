@@ -189,3 +189,13 @@ def test_expanded_data_with_augmentation_runs(tmp_path, mnist_dir):
     assert "train 500," in proc.stdout   # 100 images and their four shifts
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train_images"] == 500 and summary["name"] == "expanded_data_n30"
+
+
+def test_plots_off_writes_no_figures(tmp_path, mnist_dir):
+    from experiments import dbl_conv_relu
+    from mnist_cnn import driver
+    c = dbl_conv_relu.get_config()
+    c.num_epochs, c.train_size, c.plots = 1, 200, False
+    summary = driver.run(c, str(tmp_path / "w"), log=lambda *a: None)
+    assert (tmp_path / "w" / "summary.json").exists() and summary["epochs_run"] == 1
+    assert not list((tmp_path / "w").glob("*.png"))

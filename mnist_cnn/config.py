@@ -140,6 +140,9 @@ def validate(c):
     _check(0 <= c.momentum < 1, f"config.momentum must be in [0, 1), got {c.momentum}")
     _check(c.schedule in ("constant", "cosine", "onecycle"),
            f"config.schedule must be constant, cosine or onecycle, got {c.schedule!r}")
+    _check(0 <= c.warmup_epochs < c.num_epochs or c.schedule != "onecycle",
+           f"config.warmup_epochs must be in [0, num_epochs={c.num_epochs}) for the "
+           f"onecycle schedule, got {c.warmup_epochs}")
     _check(c.init in INITS, f"config.init must be one of {INITS}, got {c.init!r}")
     _check(c.dropout_mode in L.DROPOUT_MODES,
            f"config.dropout_mode must be one of {L.DROPOUT_MODES}, got {c.dropout_mode!r}")

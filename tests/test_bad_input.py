@@ -29,6 +29,7 @@ CONFIG_CASES = [
     ("nesterov=perhaps", "nesterov"),
     ("schedule=linear", "schedule"),
     ("warmup_epochs=soon", "warmup_epochs"),
+    ("schedule=onecycle --config.warmup_epochs=60", "warmup_epochs"),
     ("seed=1.5", "seed"),
     ("train_size=0", "train_size"), ("train_size=50001", "train_size"),
     ("data_source=s3", "data_source"),
@@ -65,7 +66,7 @@ CONFIG_CASES = [
 def test_every_config_field_rejects_bad_values(tmp_path, override, fragment):
     w = tmp_path / "w"
     proc = run("--config=experiments/dbl_conv_relu.py", f"--workdir={w}",
-               "--config.train_size=100", f"--config.{override}")
+               "--config.train_size=100", *f"--config.{override}".split(" "))
     assert_user_error(proc, fragment)
     assert not w.exists()
 

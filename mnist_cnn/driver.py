@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from mnist_cnn import checkpoint, data, ensemble, networks, plots, train
+from mnist_cnn import checkpoint, data, ensemble, networks, parallel, plots, train
 from mnist_cnn import config as config_lib
 
 
@@ -44,7 +44,10 @@ class Interrupted(Exception):
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png",
              "errors.png", "filters.png")
 # Fields that may change between a run and its resumption: where the data comes from.
-RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints"}
+# Fields a resumed run may change: where data comes from, bookkeeping, and how the work
+# is laid out on devices (checkpoints are stored in the one-device layout).
+RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints", "plots",
+                     "eval_batch_size", "parallel", "num_devices"}
 
 
 # ---- files ----
@@ -237,7 +240,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
     log(f"data: {ds.source}; train {plan.num_train}, validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {plan.num_batches} mini-batches of {config.batch_size}"
         f"{f'; {plan.members} networks stacked' if plan.stacked else ''}; compiled in "
-        f"{plan.compile_s:.1f} s on {jax.devices()[0].device_kind}")
+        f"{plan.compile_s:.1f} s on {_devices_text(plan)}")
     try:
         os.makedirs(workdir, exist_ok=True)
         with locked(workdir), stop_on_signals() as stop:
@@ -250,6 +253,15 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
             raise RunError(f"cannot write to --workdir {workdir}: {e.strerror}; free space "
                            f"or choose another directory, then re-run to resume") from None
         raise
+
+
+def _devices_text(plan):
+    kind = jax.devices()[0].device_kind
+    if plan.par is None:
+        return kind
+    how = "members spread" if plan.par.spread_members else "data parallel, pmap"
+    procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    return f"{plan.devices} x {kind}{procs} ({how})"
 
 
 def available_memory() -> int | None:
@@ -280,27 +292,57 @@ class Plan:
         every = config.checkpoint_every_steps
         self.chunk_steps = train.chunk_size(
             self.num_batches, min(config.chunk_steps, every or config.chunk_steps))
+        try:
+            self.par = parallel.setup(config, self.members)
+        except parallel.ParallelError as e:
+            raise RunError(str(e)) from None
+        self.devices = self.par.count if self.par else 1
         self.tx = train.make_optimizer(config, self.num_batches)
         self.state = train.init_states(model, self.tx, config.seed, self.members)
-        self.train_x = jax.device_put(ds.train.images)
-        self.train_y = jax.device_put(ds.train.labels)
+        train_x = jax.device_put(ds.train.images)
+        train_y = jax.device_put(ds.train.labels)
         if config.expand_data:
             key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
-            self.train_x, self.train_y = data.expand(self.train_x, self.train_y, key)
+            train_x, train_y = data.expand(train_x, train_y, key)
+        self.train_x = parallel.place_data(self.par, train_x)
+        self.train_y = parallel.place_data(self.par, train_y)
         t0 = time.perf_counter()
-        lowered = train.make_train_chunk(model, self.tx, config, self.num_batches,
-                                         self.stacked).lower(
-            self.state, self.train_x, self.train_y, self.order(self.state, 0), 0,
-            num_steps=self.chunk_steps)
+        order = parallel.place_order(self.par, self.order(self.state, 0))
+        if self.par is None:
+            lowered = train.make_train_chunk(model, self.tx, config, self.num_batches,
+                                             self.stacked).lower(
+                self.state, self.train_x, self.train_y, order, 0, num_steps=self.chunk_steps)
+        else:
+            lowered = parallel.make_chunk(
+                self.par, model, self.tx, config, self.num_batches, self.chunk_steps,
+                self.stacked, with_order=order is not None).lower(
+                parallel.place(self.par, self.state), self.train_x, self.train_y, order, 0)
         self.compiled = lowered.compile()
         self.compile_s = time.perf_counter() - t0
         self.check_memory()
         self.predict = train.make_predict(model, config.eval_batch_size, self.stacked)
 
     def order(self, state, epoch):
+        """The epoch's permutation(s), from a host-layout state's key(s)."""
         if not self.config.shuffle:
             return None
         return train.epoch_order(state.key, epoch, self.num_train, self.stacked)
+
+    def place(self, state):
+        return parallel.place(self.par, state)
+
+    def host(self, state):
+        return parallel.host(self.par, state)
+
+    def placed_order(self, host_state, epoch):
+        return parallel.place_order(self.par, self.order(host_state, epoch))
+
+    def train_chunk(self, state, order, start):
+        """Runs chunk_steps mini-batches from `start`: (state, losses, nlls), the state
+        in device layout, losses as (members, steps) or (steps,) numpy arrays."""
+        state, losses, nlls = self.compiled(state, self.train_x, self.train_y, order, start)
+        return (state, parallel.losses_to_host(self.par, losses),
+                parallel.losses_to_host(self.par, nlls))
 
     def check_memory(self):
         try:
@@ -356,22 +398,23 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                    nll_sum=nll_sum, metrics=metrics, train_time_s=train_time,
                    wall_time_s=at["wall_time_s"] + time.perf_counter() - t_start,
                    compile_time_s=at["compile_time_s"] + compile_s)
-        checkpoint.save(mngr, int(np.max(state.step)), state, now)
+        host_state = plan.host(state)
+        checkpoint.save(mngr, int(np.max(host_state.step)), host_state, now)
 
     train_time = at["train_time_s"]
     predictions = None   # the last epoch's test predictions, for errors.png
+    host_state, state = state, plan.place(state)
     for epoch in range(at["epoch"] + 1, config.num_epochs + 1):
         first = epoch == at["epoch"] + 1
         begin = at["step_in_epoch"] if first else 0
         loss_sum, nll_sum = (at["loss_sum"], at["nll_sum"]) if first else (0.0, 0.0)
-        order = plan.order(state, epoch - 1)
+        order = plan.placed_order(host_state, epoch - 1)
         bar = Progress(num_batches, config.batch_size, epoch, config.num_epochs, progress,
                        done=begin)
         epoch_train_s = 0.0
         for start in range(begin, num_batches, chunk_steps):
             t_chunk = time.perf_counter()
-            state, losses, nlls = plan.compiled(state, plan.train_x, plan.train_y, order,
-                                                start)
+            state, losses, nlls = plan.train_chunk(state, order, start)
             losses = np.asarray(losses, np.float64).reshape(-1, chunk_steps)
             epoch_train_s += time.perf_counter() - t_chunk
             finite = np.all(np.isfinite(losses), axis=0)
@@ -393,8 +436,9 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, end)
         train_time += epoch_train_s
-        val, val_members, _ = _evaluate(plan, state, val_x, val_y)
-        test, test_members, predictions = _evaluate(plan, state, test_x, test_y)
+        host_state = plan.host(state)
+        val, val_members, _ = _evaluate(plan, host_state, val_x, val_y)
+        test, test_members, predictions = _evaluate(plan, host_state, test_x, test_y)
         images = (num_batches - begin) * config.batch_size * plan.members
         m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
                  train_nll=nll_sum / num_batches, validation_accuracy=val,
@@ -420,11 +464,12 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         compile_time_s=round(at["compile_time_s"] + compile_s, 2),
         train_images_per_s=round(images / max(train_time, 1e-9), 1),
         train_images=images, data_source=ds.source, device=jax.devices()[0].device_kind,
+        devices=plan.devices,
         platform=jax.default_backend(), jax_version=jax.__version__)
     chosen = summary.get("chosen_run", 0)
-    final = ensemble.member(state, chosen) if config.num_runs > 1 else state
+    final = ensemble.member(host_state, chosen) if config.num_runs > 1 else host_state
     if predictions is None:   # resumed after the last epoch's checkpoint
-        _, _, predictions = _evaluate(plan, state, test_x, test_y)
+        _, _, predictions = _evaluate(plan, host_state, test_x, test_y)
     if config.num_runs > 1:
         predictions = predictions[chosen]
     summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))

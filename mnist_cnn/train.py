@@ -106,11 +106,18 @@ def shuffle_order(key, epoch, n):
     return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
 
 
-def make_train_step(model, tx, lmbda: float, num_batches: int):
-    """(state, images float NHWC, labels) -> (state, (loss, nll)); pure, jittable."""
+def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None):
+    """(state, images float NHWC, labels) -> (state, (loss, nll)); pure, jittable.
+    axis_name: inside pmap, each device holds a slice of the mini-batch; gradients and
+    losses are averaged over the axis (equal slices, so this is the whole batch's mean)
+    and each device draws its own dropout masks."""
     def step(state: TrainState, images, labels):
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, lax.axis_index(axis_name))
         grads, (loss, nll) = _grad(state.params, images, labels, key)
+        if axis_name is not None:
+            grads, loss, nll = lax.pmean((grads, loss, nll), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), (loss, nll)
@@ -129,11 +136,25 @@ def make_train_chunk(model, tx, config, num_batches: int, stacked: bool = False)
     `order` is None for network3's fixed order, else the epoch's permutation.
     stacked: the state has a leading member axis (and `order` too); the scan is vmapped
     and losses come back as (members, num_steps)."""
-    step = make_train_step(model, tx, config.l2, num_batches)
+    return partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))(
+        chunk_fn(model, tx, config, num_batches, stacked))
+
+
+def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_name=None):
+    """The pure function behind make_train_chunk. axis_name: it runs under pmap, one
+    device's share: every device builds the same global mini-batch (and its random
+    shifts) and trains on its slice [i*b, (i+1)*b), b = batch_size / devices."""
+    step = make_train_step(model, tx, config.l2, num_batches, axis_name)
     bs = config.batch_size
     shift = config.augment_shift
 
-    @partial(jax.jit, static_argnames=("num_steps",), donate_argnums=(0,))
+    def per_device(x, y):
+        if axis_name is None:
+            return x, y
+        b = bs // lax.axis_size(axis_name)
+        at = lax.axis_index(axis_name) * b
+        return lax.dynamic_slice_in_dim(x, at, b), lax.dynamic_slice_in_dim(y, at, b)
+
     def chunk(state, images, labels, order, start, num_steps):
         def scan(state, order):
             def body(state, i):
@@ -147,6 +168,7 @@ def make_train_chunk(model, tx, config, num_batches: int, stacked: bool = False)
                 if shift:
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
                     x = data.random_shift(key, x, shift)
+                x, y = per_device(x, y)
                 return step(state, data.to_float(x), y)
 
             state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))

@@ -20,6 +20,16 @@ flags.DEFINE_bool("overwrite", False, "Start over in --workdir, deleting the run
                   "(config, metrics, checkpoints). Without it a run there is resumed.")
 flags.DEFINE_bool("list", False, "List the experiments with the book's and our accuracy.")
 flags.DEFINE_bool("progress", None, "Show a progress bar (default: when stderr is a tty).")
+flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                    "host:port of process 0, for multi-process training with "
+                    "jax.distributed (default: $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None,
+                     "Processes in a multi-process run (default: $JAX_NUM_PROCESSES or 1).")
+flags.DEFINE_integer("process_id", None,
+                     "This process's index, 0..num_processes-1 (default: $JAX_PROCESS_ID "
+                     "or 0). Only process 0 writes the run directory.")
+flags.DEFINE_float("distributed_timeout", 120.0, "Seconds to wait for every process to "
+                   "reach the coordinator before giving up with an error.")
 
 
 def _fail(message: str, code: int = 2):

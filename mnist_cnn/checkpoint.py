@@ -22,11 +22,18 @@ CHECKPOINT_DIR = "checkpoints"
 
 def manager(workdir: str, keep: int):
     import orbax.checkpoint as ocp
+    extra = {}
+    if jax.process_count() > 1:
+        # Only process 0 checkpoints (it holds the whole state in the one-device
+        # layout); without this orbax waits at barriers for the other processes.
+        extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=0, active_processes={0})
+    root = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    os.makedirs(root, exist_ok=True)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-                                 options=options)
+        max_to_keep=keep, create=False, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True, **extra)
+    return ocp.CheckpointManager(root, options=options)
 
 
 def exists(workdir: str) -> bool:
@@ -46,10 +53,19 @@ def check_space(directory: str, tree, margin: int = 1 << 20) -> None:
                       f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free)")
 
 
+def _host_local(tree):
+    """In a multi-process run orbax refuses process-local jax.Arrays (it expects global
+    ones); process 0 saves and restores the one-device state as numpy arrays."""
+    if jax.process_count() == 1:
+        return tree
+    import numpy as np
+    return jax.tree.map(np.asarray, tree)
+
+
 def save(mngr, step: int, state, meta: dict) -> None:
     """Saves `state` (a pytree) and `meta` (JSON) as checkpoint `step`, synchronously."""
     import orbax.checkpoint as ocp
-    tree = flax.serialization.to_state_dict(state)
+    tree = _host_local(flax.serialization.to_state_dict(state))
     check_space(str(mngr.directory), tree)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                             meta=ocp.args.JsonSave(meta)), force=True)
@@ -63,7 +79,10 @@ def restore_latest(mngr, like):
     if step is None:
         return None
     target = flax.serialization.to_state_dict(like)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    if jax.process_count() > 1:
+        abstract = _host_local(target)
+    else:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return flax.serialization.from_state_dict(like, restored["state"]), restored["meta"]

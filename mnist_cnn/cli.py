@@ -11,7 +11,7 @@ import os
 import sys
 
 from mnist_cnn import config as config_lib
-from mnist_cnn import data, driver
+from mnist_cnn import data, driver, parallel
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
 USER_ERRORS = (config_lib.ConfigError, data.DataError, driver.RunError)
@@ -34,6 +34,40 @@ def list_experiments() -> str:
     return "\n".join(rows)
 
 
+def _env_int(name: str):
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise config_lib.ConfigError(f"${name} must be an integer, got {value!r}") from None
+
+
+def distributed_args(flags):
+    """(coordinator address, process count, process id) for a multi-process run, from
+    the flags or $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID;
+    None for a single process."""
+    n = flags.num_processes if flags.num_processes is not None else _env_int(
+        "JAX_NUM_PROCESSES")
+    pid = flags.process_id if flags.process_id is not None else _env_int("JAX_PROCESS_ID")
+    address = flags.coordinator_address
+    n = 1 if n is None else n
+    if n < 1:
+        raise config_lib.ConfigError(f"--num_processes must be >= 1, got {n}")
+    if n == 1:
+        return None
+    if not address:
+        raise config_lib.ConfigError(f"--num_processes={n} needs --coordinator_address "
+                                     f"(host:port of process 0)")
+    if pid is None or not 0 <= pid < n:
+        raise config_lib.ConfigError(f"--process_id must be in [0, {n - 1}] for "
+                                     f"--num_processes={n}, got {pid}")
+    if flags.distributed_timeout <= 0:
+        raise config_lib.ConfigError("--distributed_timeout must be positive")
+    return address, n, pid
+
+
 def main(flags) -> int:
     if flags.list:
         print(list_experiments())
@@ -46,6 +80,9 @@ def main(flags) -> int:
         sys.stderr.write("error: --workdir is required: the directory for this run's files\n")
         return 2
     try:
+        dist = distributed_args(flags)
+        if dist:
+            parallel.initialize_distributed(*dist, flags.distributed_timeout)
         driver.run(flags.config, flags.workdir, overwrite=flags.overwrite,
                    progress=flags.progress)
     except USER_ERRORS as e:

@@ -227,7 +227,17 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
     t_start = time.perf_counter()
     model = build(config)
     config_dict = json.loads(config.to_json())
-    mode = inspect_workdir(workdir, config_dict, overwrite)
+    writer = jax.process_index() == 0   # in a multi-process run only process 0 writes
+    mode = inspect_workdir(workdir, config_dict, overwrite) if writer else None
+    mode = parallel.from_process_0(mode, ("fresh", "resume", "done"))
+    if not writer:
+        if mode == "done":
+            return {}
+        ds = data.load(config.data_source, config.data_dir or None, config.train_size,
+                       download=config.download)
+        plan = Plan(config, model, ds)
+        with stop_on_signals() as stop:
+            return _train(plan, None, stop, t_start, False, lambda *a: None)
     if mode == "done":
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
@@ -313,11 +323,16 @@ class Plan:
                                              self.stacked).lower(
                 self.state, self.train_x, self.train_y, order, 0, num_steps=self.chunk_steps)
         else:
-            lowered = parallel.make_chunk(
+            fn = parallel.make_chunk(
                 self.par, model, self.tx, config, self.num_batches, self.chunk_steps,
-                self.stacked, with_order=order is not None).lower(
-                parallel.place(self.par, self.state), self.train_x, self.train_y, order, 0)
+                self.stacked, with_order=order is not None)
+            lowered = fn.lower(parallel.place(self.par, self.state), self.train_x,
+                               self.train_y, order, 0)
         self.compiled = lowered.compile()
+        if jax.process_count() > 1:
+            # An AOT-compiled multi-process pmap expects global shapes; the pmap itself
+            # takes each process's local arrays (and reuses the compilation).
+            self.compiled = fn
         self.compile_s = time.perf_counter() - t0
         self.check_memory()
         self.predict = train.make_predict(model, config.eval_batch_size, self.stacked)
@@ -376,24 +391,31 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     num_batches, chunk_steps = plan.num_batches, plan.chunk_steps
     ckpt_every = config.checkpoint_every_steps
     state = plan.state
-    mngr = checkpoint.manager(workdir, config.keep_checkpoints)
+    writer = workdir is not None    # None: a multi-process run's process > 0
+    mngr = checkpoint.manager(workdir, config.keep_checkpoints) if writer else None
     at = dict(epoch=0, step_in_epoch=0, loss_sum=0.0, nll_sum=0.0, metrics=[],
               train_time_s=0.0, wall_time_s=0.0, compile_time_s=0.0)
-    restored = checkpoint.restore_latest(mngr, state)
+    restored = checkpoint.restore_latest(mngr, state) if writer else None
     if restored is not None:
         state, at = restored
         where = (f"step {at['step_in_epoch']} of {num_batches} in epoch {at['epoch'] + 1}"
                  if at["step_in_epoch"] else f"the end of epoch {at['epoch']}")
         log(f"resuming from the checkpoint at {where}")
+    if jax.process_count() > 1:   # every process continues from process 0's checkpoint
+        state, at["epoch"], at["step_in_epoch"] = parallel.tree_from_process_0(
+            (state, at["epoch"], at["step_in_epoch"]))
     metrics = at["metrics"]
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    write_text_atomic(metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n"
-                                            for m in metrics))
+    metrics_path = os.path.join(workdir, "metrics.jsonl") if writer else None
+    if writer:
+        write_text_atomic(metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n"
+                                                for m in metrics))
     val_x, val_y = jax.device_put(ds.validation.images), jax.device_put(ds.validation.labels)
     test_x, test_y = jax.device_put(ds.test.images), jax.device_put(ds.test.labels)
     compile_s = plan.compile_s
 
     def save(epoch_done, step_in_epoch, loss_sum, nll_sum, train_time):
+        if not writer:
+            return
         now = dict(epoch=epoch_done, step_in_epoch=step_in_epoch, loss_sum=loss_sum,
                    nll_sum=nll_sum, metrics=metrics, train_time_s=train_time,
                    wall_time_s=at["wall_time_s"] + time.perf_counter() - t_start,
@@ -449,7 +471,8 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                      members_test_accuracy=test_members)
         metrics.append(m)
         save(epoch, 0, 0.0, 0.0, train_time)
-        append_jsonl(metrics_path, m)
+        if writer:
+            append_jsonl(metrics_path, m)
         members = (f" (members {', '.join(f'{100 * a:.2f}' for a in val_members)})"
                    if plan.stacked else "")
         log(f"epoch {epoch}: cost {m['train_loss']:.4f}, validation {100 * val:.2f}%"
@@ -473,6 +496,8 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     if config.num_runs > 1:
         predictions = predictions[chosen]
     summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))
+    if not writer:
+        return summary
     if config.plots:
         _figures(config, metrics, ds, predictions, final, workdir)
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)

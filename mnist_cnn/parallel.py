@@ -157,6 +157,55 @@ def make_chunk(s: Setup, model, tx, config, num_batches: int, num_steps: int,
     fn = train.chunk_fn(model, tx, config, num_batches, stacked,
                         axis_name=None if s.spread_members else AXIS)
     order_axis = 0 if with_order else None
+    # With several processes pmap spans every device of every process (devices=None).
+    devices = s.devices if jax.process_count() == 1 else None
     return jax.pmap(partial(fn, num_steps=num_steps), axis_name=AXIS,
-                    in_axes=(0, 0, 0, order_axis, None), devices=s.devices,
+                    in_axes=(0, 0, 0, order_axis, None), devices=devices,
                     donate_argnums=(0,))
+
+
+def initialize_distributed(address: str, num_processes: int, process_id: int,
+                           timeout_s: float) -> None:
+    """jax.distributed.initialize, bounded in time. When the coordinator (or another
+    process) never answers, jax aborts the process from C++ after its own timeout with
+    a stack dump; a watchdog thread fires first with one line and exit code 2."""
+    import os
+    import sys
+    import threading
+
+    def give_up():
+        sys.stderr.write(
+            f"error: the jax.distributed coordinator at {address} did not gather all "
+            f"{num_processes} processes within {timeout_s:g} s (this is process "
+            f"{process_id}); start every process with the same --coordinator_address "
+            f"and --num_processes, or raise --distributed_timeout\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(address, num_processes, process_id,
+                                   initialization_timeout=int(timeout_s) + 60)
+        jax.devices()   # every process has registered once this returns
+    finally:
+        watchdog.cancel()
+
+
+def tree_from_process_0(tree):
+    """Process 0's value of `tree` (same structure everywhere) on every process."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+    out = multihost_utils.broadcast_one_to_all(tree)
+    return jax.tree.map(lambda new, old: type(old)(new) if isinstance(old, int) else new,
+                        out, tree)
+
+
+def from_process_0(choice, choices):
+    """Process 0's pick among `choices` (other processes pass anything, e.g. None)."""
+    if jax.process_count() == 1:
+        return choice
+    index = choices.index(choice) if jax.process_index() == 0 else 0
+    return choices[int(tree_from_process_0(np.int32(index)))]

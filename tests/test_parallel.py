@@ -138,3 +138,60 @@ def test_device_requests_the_machine_cannot_meet(tmp_path, extra, fragment):
     proc = _run_py(tmp_path / "w", 8, *extra)
     assert_user_error(proc, fragment)
     assert not (tmp_path / "w").exists()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_and_only_process_0_writes(tmp_path, mnist_dir):
+    """jax.distributed on this machine: 2 processes x 2 CPU devices (gloo collectives,
+    loopback), bounded by a timeout; the same epoch as one process on one device."""
+    port = _free_port()
+    common = [sys.executable, os.path.join(ROOT, "run.py"),
+              "--config=experiments/dbl_conv_relu.py", "--config.train_size=640",
+              "--config.batch_size=16", "--config.num_epochs=1", "--config.shuffle=True",
+              "--config.plots=False", f"--coordinator_address=127.0.0.1:{port}",
+              "--num_processes=2", "--distributed_timeout=60"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen(common + [f"--process_id={i}",
+                                        f"--workdir={tmp_path / f'w{i}'}"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert "4 x cpu in 2 processes" in outs[0][0]
+    assert not (tmp_path / "w1").exists()       # process 1 writes nothing
+    one = _run_py(tmp_path / "one", 1)
+    assert one.returncode == 0, one.stderr
+    m2 = json.loads((tmp_path / "w0" / "metrics.jsonl").read_text())
+    m1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())
+    assert m2["train_loss"] == pytest.approx(m1["train_loss"], rel=1e-5)
+    assert abs(m2["test_accuracy"] - m1["test_accuracy"]) <= 0.002
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--num_processes=2"], "--coordinator_address"),
+    (["--num_processes=2", "--coordinator_address=127.0.0.1:1", "--process_id=2"],
+     "--process_id"),
+    (["--num_processes=0"], "--num_processes"),
+])
+def test_bad_multi_process_flags(tmp_path, args, fragment):
+    proc = _run_py(tmp_path / "w", 1, *args)
+    assert_user_error(proc, fragment)
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_coordinator_that_never_answers_times_out_with_one_line(tmp_path):
+    proc = _run_py(tmp_path / "w", 1, "--num_processes=2", "--process_id=1",
+                   f"--coordinator_address=127.0.0.1:{_free_port()}",
+                   "--distributed_timeout=3")
+    assert_user_error(proc, "did not gather all 2 processes within 3 s")
+    assert not (tmp_path / "w").exists()

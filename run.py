@@ -20,6 +20,17 @@ flags.DEFINE_bool("overwrite", False, "Start over in --workdir, deleting the run
                   "(config, metrics, checkpoints). Without it a run there is resumed.")
 flags.DEFINE_bool("list", False, "List the experiments with the book's and our accuracy.")
 flags.DEFINE_bool("progress", None, "Show a progress bar (default: when stderr is a tty).")
+flags.DEFINE_enum("mode", "train", ["train", "benchmark"], "train: train the experiment; "
+                  "benchmark: measure its network's speed (see mnist_cnn/bench.py).")
+flags.DEFINE_list("batch_sizes", ["10", "128"], "benchmark: mini-batch sizes.")
+flags.DEFINE_list("conv_impls", ["patches", "xla"], "benchmark: conv implementations.")
+flags.DEFINE_list("dtypes", ["float32"], "benchmark: float32 and/or bfloat16.")
+flags.DEFINE_list("device_counts", ["1"], "benchmark: device counts (pmap when > 1).")
+flags.DEFINE_integer("bench_images", 10_000, "benchmark: training images per timed call.")
+flags.DEFINE_integer("repeats", 3, "benchmark: timed repetitions after one warm-up.")
+flags.DEFINE_float("peak_tflops", None, "benchmark: the device's peak TFLOP/s, for the "
+                   "fraction of peak (default: a table of known accelerators).")
+flags.DEFINE_string("benchmark_out", "benchmark.json", "benchmark: JSON output path.")
 flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
                     "host:port of process 0, for multi-process training with "
                     "jax.distributed (default: $JAX_COORDINATOR_ADDRESS).")

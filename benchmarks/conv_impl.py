@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -22,12 +21,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from experiments import dbl_conv_relu  # noqa: E402
-from mnist_cnn import data, networks, train  # noqa: E402
+from mnist_cnn import networks, train  # noqa: E402
+from mnist_cnn.bench import cpu_model, matmul_ceiling, step_flops  # noqa: E402
 
 flags.DEFINE_list("batch_sizes", ["10", "128"], "Mini-batch sizes.")
 flags.DEFINE_list("impls", ["patches", "xla"], "Conv implementations.")
@@ -36,40 +35,6 @@ flags.DEFINE_integer("images", 20_000, "Training images per timed repetition (pe
 flags.DEFINE_integer("repeats", 3, "Timed repetitions after one warm-up.")
 flags.DEFINE_string("out", "benchmark_conv_impl.json", "JSON output path.")
 FLAGS = flags.FLAGS
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def matmul_ceiling(n=2048, repeats=5) -> float:
-    """GFLOP/s of a jitted n x n f32 matmul: the machine's practical dense peak."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
-
-
-def step_flops(model, tx, c, state, x, y, steps) -> float:
-    """FLOPs of one training step by XLA's cost analysis of the compiled step (a scan's
-    cost analysis counts its body once, so the step is compiled on its own)."""
-    step = train.make_train_step(model, tx, c.l2, steps)
-    compiled = jax.jit(step).lower(state, data.to_float(x), y).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
-
 
 def bench_one(impl: str, batch_size: int, images: int, repeats: int) -> dict:
     c = dbl_conv_relu.get_config()
@@ -86,8 +51,8 @@ def bench_one(impl: str, batch_size: int, images: int, repeats: int) -> dict:
     lowered = chunk.lower(state, x, y, None, 0, num_steps=steps)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t
-    flops_per_image = step_flops(model, tx, c, state, x[:batch_size], y[:batch_size],
-                                 steps) / batch_size
+    flops_per_image = step_flops(model, tx, c, state, x[:batch_size],
+                                 y[:batch_size]) / batch_size
     state, loss, _ = compiled(state, x, y, None, 0)   # warm-up
     loss.block_until_ready()
     rates = []

@@ -22,11 +22,11 @@ MEASURED = None
 
 
 def get_config(arg=""):
-    v = parse_variant(arg, epochs=30, members=1, vote="plurality")
+    v = parse_variant(arg, epochs=40, members=1, vote="plurality", fc=1024, p=0.5)
     c = dbl_conv_relu.get_config()
     c.name = "modern" if v["members"] == 1 else f"modern_ens{v['members']}"
     c.layers = (conv_pool(32, activation="relu"), conv_pool(64, activation="relu"),
-                fc(256, activation="relu", dropout=0.25), softmax(10, dropout=0.25))
+                fc(v["fc"], activation="relu", dropout=v["p"]), softmax(10, dropout=v["p"]))
     c.init = "modern"
     c.dropout_mode = "inverted"
     c.num_epochs = v["epochs"]

@@ -68,6 +68,43 @@ def distributed_args(flags):
     return address, n, pid
 
 
+def _ints(name, values, lowest):
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        raise config_lib.ConfigError(f"--{name} must be integers, got {','.join(values)}") from None
+    if not out or min(out) < lowest:
+        raise config_lib.ConfigError(f"--{name} must be integers >= {lowest}, got "
+                                     f"{','.join(values) or 'nothing'}")
+    return out
+
+
+def benchmark(flags) -> int:
+    """--mode=benchmark: the sweep's Markdown table on stdout, every figure in JSON."""
+    from mnist_cnn import bench
+    try:
+        batch_sizes = _ints("batch_sizes", flags.batch_sizes, 1)
+        device_counts = _ints("device_counts", flags.device_counts, 1)
+        if flags.bench_images < 1 or flags.repeats < 1:
+            raise config_lib.ConfigError("--bench_images and --repeats must be positive")
+        for bs in batch_sizes:   # every point checked before the first one is timed
+            for impl in flags.conv_impls:
+                for dtype in flags.dtypes:
+                    for d in device_counts:
+                        c = bench.point_config(flags.config, bs, impl, dtype, d)
+                        parallel.setup(c, 1)
+        result = bench.sweep(flags.config, batch_sizes, flags.conv_impls, flags.dtypes,
+                             device_counts, flags.bench_images, flags.repeats,
+                             flags.peak_tflops, log=lambda m: print(m, file=sys.stderr))
+    except (config_lib.ConfigError, parallel.ParallelError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    print(result["table"])
+    driver.write_json_atomic(flags.benchmark_out, result)
+    print(f"\nwrote {flags.benchmark_out}")
+    return 0
+
+
 def main(flags) -> int:
     if flags.list:
         print(list_experiments())
@@ -76,6 +113,8 @@ def main(flags) -> int:
         sys.stderr.write("error: --config is required, e.g. --config=experiments/"
                          "dbl_conv_relu.py (python run.py --list shows them all)\n")
         return 2
+    if flags.mode == "benchmark":
+        return benchmark(flags)
     if not flags.workdir:
         sys.stderr.write("error: --workdir is required: the directory for this run's files\n")
         return 2

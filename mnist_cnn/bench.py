@@ -1,0 +1,208 @@
+"""Accelerator benchmark of an experiment's network: `run.py --mode=benchmark`.
+
+For each point of the sweep (batch size x conv implementation x dtype x device count)
+it compiles the project's own training chunk (a `lax.scan` over mini-batches, data on
+the device, pmap over devices when more than one) and measures, after one warm-up call:
+
+- compile time of the chunk (seconds, one measurement);
+- training images/s: median, min and max over `repeats` timed calls;
+- evaluation images/s of the jitted predictor on 10,000 images (median);
+- FLOPs per training image from XLA's cost analysis of one compiled training step (a
+  scan's cost analysis counts its body once, so the step is compiled on its own);
+  achieved GFLOP/s = FLOPs/image x images/s;
+- the fraction of the machine's f32 matmul ceiling (a jitted 2048^2 matmul, measured
+  in the same run, before and after) and of the device's peak (a table of known
+  peaks, or --peak_tflops).
+
+Images are synthetic (uniform uint8): throughput does not depend on pixel values, and
+the benchmark runs without MNIST.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_cnn import config as config_lib
+from mnist_cnn import data, networks, parallel, train
+
+# Dense peak TFLOP/s per device as published by the vendor (no sparsity).
+KNOWN_PEAK_TFLOPS = {
+    ("H100", "float32"): 67.0, ("H100", "bfloat16"): 989.0,     # NVIDIA H100 SXM5
+    ("H200", "float32"): 67.0, ("H200", "bfloat16"): 989.0,     # NVIDIA H200 SXM
+    ("A100", "float32"): 19.5, ("A100", "bfloat16"): 312.0,     # NVIDIA A100 SXM4
+}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def known_peak(device_kind: str, dtype: str) -> float | None:
+    for (name, dt), tflops in KNOWN_PEAK_TFLOPS.items():
+        if name in device_kind and dt == dtype:
+            return tflops
+    return None
+
+
+def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a jitted n x n f32 matmul: the machine's practical dense peak."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def step_flops(model, tx, c, state, x, y) -> float:
+    """FLOPs of one training step by XLA's cost analysis of the compiled step."""
+    step = train.make_train_step(model, tx, c.l2, 1)
+    cost = jax.jit(step).lower(state, data.to_float(x), y).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def _timed(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def point_config(base, batch_size: int, conv_impl: str, dtype: str, devices: int):
+    c = copy.deepcopy(base)
+    c.batch_size, c.conv_impl, c.dtype = batch_size, conv_impl, dtype
+    c.num_devices = devices
+    c.parallel = "pmap" if devices > 1 else "none"
+    c.num_members, c.num_runs, c.shuffle = 1, 1, False
+    c.train_size = max(batch_size, c.train_size)
+    config_lib.validate(c)
+    return c
+
+
+def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
+            images: int, repeats: int) -> dict:
+    """One point of the sweep. Raises parallel.ParallelError / ConfigError for a point
+    the machine or the config cannot run."""
+    c = point_config(base, batch_size, conv_impl, dtype, devices)
+    steps = max(1, images // batch_size)
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, steps)
+    state = train.init_states(model, tx, 0, 1)
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.integers(0, 256, (steps * batch_size, 28, 28), dtype=np.uint8))
+    y = jax.device_put(rng.integers(0, 10, steps * batch_size).astype(np.int32))
+    par = parallel.setup(c, 1)
+    t = time.perf_counter()
+    if par is None:
+        compiled = train.make_train_chunk(model, tx, c, steps).lower(
+            state, x, y, None, 0, num_steps=steps).compile()
+        args = [jax.tree.map(jnp.copy, state), x, y]   # the chunk donates its state
+    else:
+        fn = parallel.make_chunk(par, model, tx, c, steps, steps, False, False)
+        args = [parallel.place(par, state), parallel.place_data(par, x),
+                parallel.place_data(par, y)]
+        compiled = fn.lower(*args, None, 0).compile()
+    compile_s = time.perf_counter() - t
+
+    def run_chunk():
+        args[0], loss, _ = compiled(args[0], args[1], args[2], None, 0)
+        jax.block_until_ready(loss)
+
+    flops = step_flops(model, tx, c, state, x[:batch_size], y[:batch_size]) / batch_size
+    predict = train.make_predict(model, c.eval_batch_size)
+    test_x = jnp.resize(x, (10_000, 28, 28))   # repeats x when it holds fewer
+    eval_times = _timed(lambda: predict(state.params, test_x).block_until_ready(), repeats)
+    train_times = _timed(run_chunk, repeats)
+    rates = [steps * batch_size / t for t in train_times]
+    median = statistics.median(rates)
+    return dict(batch_size=batch_size, conv_impl=conv_impl, dtype=dtype, devices=devices,
+                images_per_rep=steps * batch_size, compile_s=round(compile_s, 2),
+                train_images_per_s=round(median, 1),
+                train_images_per_s_min=round(min(rates), 1),
+                train_images_per_s_max=round(max(rates), 1),
+                eval_images_per_s=round(10_000 / statistics.median(eval_times), 1),
+                xla_flops_per_image=round(flops),
+                achieved_gflop_s=round(median * flops / 1e9, 2))
+
+
+def environment() -> dict:
+    d = jax.devices()[0]
+    import jaxlib
+    return dict(device_kind=d.device_kind, platform=d.platform,
+                device_count=jax.local_device_count(), cpu=cpu_model(), cores=os.cpu_count(),
+                jax=jax.__version__, jaxlib=getattr(jaxlib, "__version__", ""))
+
+
+def add_fractions(rows, ceiling_gflop_s: float, device_kind: str, peak_tflops=None):
+    for r in rows:
+        r["fraction_of_matmul_ceiling"] = round(r["achieved_gflop_s"] / ceiling_gflop_s, 3)
+        peak = peak_tflops or known_peak(device_kind, r["dtype"])
+        r["peak_tflops"] = peak
+        r["fraction_of_peak"] = (round(r["achieved_gflop_s"] / (peak * 1e3 * r["devices"]), 4)
+                                 if peak else None)
+    return rows
+
+
+def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
+    head = (f"{name} on {env['device_kind']} ({env['cpu']}, {env['cores']} cores; "
+            f"{env['device_count']} device(s)), jax {env['jax']}; 2048^2 f32 matmul "
+            f"{ceiling[0]:.1f} GFLOP/s before, {ceiling[1]:.1f} after\n\n")
+    lines = ["| batch | conv | dtype | devices | compile s | train images/s median [min, max] "
+             "| eval images/s | XLA MFLOP/image | GFLOP/s | of matmul ceiling | of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = f"{100 * r['fraction_of_peak']:.2f}%" if r["fraction_of_peak"] else "-"
+        lines.append(
+            f"| {r['batch_size']} | {r['conv_impl']} | {r['dtype']} | {r['devices']} | "
+            f"{r['compile_s']:.1f} | {r['train_images_per_s']:,.0f} "
+            f"[{r['train_images_per_s_min']:,.0f}, {r['train_images_per_s_max']:,.0f}] | "
+            f"{r['eval_images_per_s']:,.0f} | {r['xla_flops_per_image'] / 1e6:.1f} | "
+            f"{r['achieved_gflop_s']:.1f} | {100 * r['fraction_of_matmul_ceiling']:.0f}% | "
+            f"{peak} |")
+    return head + "\n".join(lines)
+
+
+def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
+          peak_tflops=None, log=print) -> dict:
+    """Every point of the sweep; returns the benchmark.json content (with 'table')."""
+    env = environment()
+    before = matmul_ceiling()
+    rows = []
+    for devices in device_counts:
+        for bs in batch_sizes:
+            for impl in conv_impls:
+                for dtype in dtypes:
+                    rows.append(measure(base, bs, impl, dtype, devices, images, repeats))
+                    r = rows[-1]
+                    log(f"  batch {bs}, {impl}, {dtype}, {devices} device(s): "
+                        f"{r['train_images_per_s']:,.0f} train images/s, compile "
+                        f"{r['compile_s']:.1f} s")
+    after = matmul_ceiling()
+    add_fractions(rows, before, env["device_kind"], peak_tflops)
+    name = base.name or "network"
+    return dict(name=name, **env, matmul_gflop_s_before=round(before, 1),
+                matmul_gflop_s_after=round(after, 1), images_per_rep=images,
+                repeats=repeats, rows=rows,
+                table=markdown(rows, env, (before, after), name))

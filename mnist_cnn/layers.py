@@ -90,7 +90,10 @@ def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
         if any(p != (0, 0) for p in pads):
             x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
         patches = extract_patches(x, (kh, kw), stride)
-        y = jnp.dot(patches, w.reshape(-1, w.shape[-1]))
+        # A 2-D matmul: its autodiff transposes stay plain 2-D matmuls, which XLA's CPU
+        # backend runs ~3x faster than the 4-D dot_general the unreshaped form gives.
+        n, ho, wo, k = patches.shape
+        y = (patches.reshape(-1, k) @ w.reshape(k, -1)).reshape(n, ho, wo, -1)
     return y if b is None else y + b
 
 

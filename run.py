@@ -20,6 +20,12 @@ flags.DEFINE_bool("overwrite", False, "Start over in --workdir, deleting the run
                   "(config, metrics, checkpoints). Without it a run there is resumed.")
 flags.DEFINE_bool("list", False, "List the experiments with the book's and our accuracy.")
 flags.DEFINE_bool("progress", None, "Show a progress bar (default: when stderr is a tty).")
+flags.DEFINE_multi_string("sweep", [], "FIELD=V1,V2,...: sweep a config field (repeat "
+                          "for a grid); each point is a full run in a subdirectory of "
+                          "--workdir.")
+flags.DEFINE_string("sweep_shard", None, "i/N: run only the points with index % N == i.")
+flags.DEFINE_bool("sweep_collect", False, "Build sweep.csv/.md/.png in --workdir from the "
+                  "points every shard finished, without training.")
 flags.DEFINE_enum("mode", "train", ["train", "benchmark"], "train: train the experiment; "
                   "benchmark: measure its network's speed (see mnist_cnn/bench.py).")
 flags.DEFINE_list("batch_sizes", ["10", "128"], "benchmark: mini-batch sizes.")

@@ -105,6 +105,52 @@ def benchmark(flags) -> int:
     return 0
 
 
+def run_sweep(flags) -> int:
+    """--sweep / --sweep_shard / --sweep_collect."""
+    from mnist_cnn import sweep
+    workdir = flags.workdir
+    try:
+        if flags.sweep_collect:
+            axes = sweep.load_grid(workdir)
+            if flags.sweep:
+                sweep.check_grid(workdir, sweep.grid_record(
+                    flags.config, sweep.parse(flags.sweep, flags.config)))
+            done, missing = sweep.write_outputs(workdir, axes)
+            print(f"{done} point(s) finished, {missing} not yet; wrote "
+                  f"{os.path.join(workdir, 'sweep.md')}")
+            return 0
+        if not flags.sweep:
+            raise sweep.SweepError("--sweep_shard needs the --sweep flags of the grid")
+        axes = sweep.parse(flags.sweep, flags.config)
+        shard, shards = sweep.parse_shard(flags.sweep_shard)
+        grid = sweep.points(axes)
+        configs = [sweep.apply(flags.config, p) for p in grid]   # all validated up front
+        for c in configs:
+            driver.build(c)
+        driver.inspect_workdir(workdir, {}, True)                  # writable at all?
+        sweep.check_grid(workdir, sweep.grid_record(flags.config, axes))
+        mine = [i for i in range(len(grid)) if i % shards == shard]
+        for n, i in enumerate(mine):
+            sub = os.path.join(workdir, sweep.point_dir(i, grid[i]))
+            print(f"point {i + 1}/{len(grid)} ({n + 1} of {len(mine)} in this shard): "
+                  f"{', '.join(f'{k}={v}' for k, v in grid[i].items())} -> {sub}",
+                  flush=True)
+            driver.run(configs[i], sub, overwrite=flags.overwrite, progress=flags.progress)
+        if shards == 1:
+            done, missing = sweep.write_outputs(workdir, axes)
+            print(f"sweep finished: {done} points; {os.path.join(workdir, 'sweep.md')}")
+        else:
+            print(f"shard {shard}/{shards} finished its {len(mine)} point(s); run "
+                  f"--sweep_collect when every shard has finished")
+    except USER_ERRORS as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except driver.Interrupted as e:
+        sys.stderr.write(f"{e}\n")
+        return 128 + e.signum
+    return 0
+
+
 def main(flags) -> int:
     if flags.list:
         print(list_experiments())
@@ -118,6 +164,8 @@ def main(flags) -> int:
     if not flags.workdir:
         sys.stderr.write("error: --workdir is required: the directory for this run's files\n")
         return 2
+    if flags.sweep or flags.sweep_collect or flags.sweep_shard:
+        return run_sweep(flags)
     try:
         dist = distributed_args(flags)
         if dist:

@@ -83,3 +83,34 @@ def filters_grid(kernel, path: str, title: str = "first-layer filters"):
         ax.imshow(w[:, :, f], cmap="Greys", interpolation="nearest")
     fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def sweep_plot(rows: list[dict], axes, path: str):
+    """Best validation accuracy against each swept field: one panel per field; with two
+    fields, one line per value of the other field."""
+    fields = [f for f, _ in axes]
+    fig, panels = _plt().subplots(1, len(fields), figsize=(4.8 * len(fields), 3.8),
+                                  squeeze=False)
+    for ax, (field, values) in zip(panels[0], axes):
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        pos = {repr(v): (v if numeric else i) for i, v in enumerate(values)}
+        others = [f for f in fields if f != field]
+        if len(others) == 1:
+            other = others[0]
+            for ov in dict(axes)[other]:
+                pts = sorted((pos[repr(r[field])], r["best_validation_accuracy"])
+                             for r in rows if r[other] == ov)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"{other}={ov}")
+            ax.legend(fontsize=8)
+        else:
+            pts = sorted((pos[repr(r[field])], r["best_validation_accuracy"]) for r in rows)
+            ax.plot(*zip(*pts), marker="o", linestyle="-" if not others else "none")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values])
+        elif all(v > 0 for v in values) and max(values) / min(values) >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(field)
+        ax.set_ylabel("best validation accuracy")
+        ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -130,6 +130,10 @@ def run_sweep(flags) -> int:
         driver.inspect_workdir(workdir, {}, True)                  # writable at all?
         sweep.check_grid(workdir, sweep.grid_record(flags.config, axes))
         mine = [i for i in range(len(grid)) if i % shards == shard]
+        if flags.sweep_vmap and sweep.vmappable(axes, flags.config) and len(mine) > 1:
+            sweep.run_vmapped(flags.config, workdir, axes, mine, flags.overwrite,
+                              flags.progress)
+            mine = []
         for n, i in enumerate(mine):
             sub = os.path.join(workdir, sweep.point_dir(i, grid[i]))
             print(f"point {i + 1}/{len(grid)} ({n + 1} of {len(mine)} in this shard): "

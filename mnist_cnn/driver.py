@@ -221,9 +221,12 @@ def build(config):
     return model
 
 
-def run(config, workdir: str, overwrite: bool = False, progress=None, log=print) -> dict:
+def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
+        hp=None, seeds=None) -> dict:
     """Trains `config` in `workdir`, resuming from its newest checkpoint when there is one.
-    Returns the summary."""
+    Returns the summary. hp / seeds: a vmapped sweep's per-run hyperparameters
+    ({field: [value per run]}, fields from train.HYPER_FIELDS) and seeds, trained as
+    one stacked program (mnist_cnn/sweep.py splits the results per run)."""
     t_start = time.perf_counter()
     model = build(config)
     config_dict = json.loads(config.to_json())
@@ -235,7 +238,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
             return {}
         ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                        download=config.download)
-        plan = Plan(config, model, ds)
+        plan = Plan(config, model, ds, hp, seeds)
         with stop_on_signals() as stop:
             return _train(plan, None, stop, t_start, False, lambda *a: None)
     if mode == "done":
@@ -246,7 +249,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print)
         return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download)
-    plan = Plan(config, model, ds)      # compiles, and checks memory, before any write
+    plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
     log(f"data: {ds.source}; train {plan.num_train}, validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {plan.num_batches} mini-batches of {config.batch_size}"
         f"{f'; {plan.members} networks stacked' if plan.stacked else ''}; compiled in "
@@ -293,22 +296,27 @@ class Plan:
     optimizer, the initial (possibly stacked) state, the compiled chunk, the predictor,
     and a memory check of the compiled program."""
 
-    def __init__(self, config, model, ds):
+    def __init__(self, config, model, ds, hp=None, seeds=None):
         self.config, self.model, self.ds = config, model, ds
-        self.members = max(config.num_members, config.num_runs)
+        self.members = len(seeds) if seeds is not None else max(config.num_members,
+                                                                config.num_runs)
+        self.hp = None if not hp else {k: jax.numpy.asarray(v, jax.numpy.float32)
+                                       for k, v in hp.items()}
         self.stacked = self.members > 1
         self.num_train = len(ds.train) * (5 if config.expand_data else 1)
         self.num_batches = train.steps_per_epoch(self.num_train, config.batch_size)
         every = config.checkpoint_every_steps
         self.chunk_steps = train.chunk_size(
             self.num_batches, min(config.chunk_steps, every or config.chunk_steps))
-        try:
-            self.par = parallel.setup(config, self.members)
+        try:   # a vmapped sweep stays on one device
+            self.par = None if self.hp else parallel.setup(config, self.members)
         except parallel.ParallelError as e:
             raise RunError(str(e)) from None
         self.devices = self.par.count if self.par else 1
-        self.tx = train.make_optimizer(config, self.num_batches)
-        self.state = train.init_states(model, self.tx, config.seed, self.members)
+        self.tx = train.make_optimizer(
+            config, self.num_batches,
+            momentum=float(config.momentum) if self.hp and "momentum" in self.hp else None)
+        self.state = train.init_states(model, self.tx, config.seed, self.members, seeds)
         train_x = jax.device_put(ds.train.images)
         train_y = jax.device_put(ds.train.labels)
         if config.expand_data:
@@ -321,7 +329,8 @@ class Plan:
         if self.par is None:
             lowered = train.make_train_chunk(model, self.tx, config, self.num_batches,
                                              self.stacked).lower(
-                self.state, self.train_x, self.train_y, order, 0, num_steps=self.chunk_steps)
+                self.state, self.train_x, self.train_y, order, 0, num_steps=self.chunk_steps,
+                hp=self.hp)
         else:
             fn = parallel.make_chunk(
                 self.par, model, self.tx, config, self.num_batches, self.chunk_steps,
@@ -355,7 +364,12 @@ class Plan:
     def train_chunk(self, state, order, start):
         """Runs chunk_steps mini-batches from `start`: (state, losses, nlls), the state
         in device layout, losses as (members, steps) or (steps,) numpy arrays."""
-        state, losses, nlls = self.compiled(state, self.train_x, self.train_y, order, start)
+        if self.par is None:
+            state, losses, nlls = self.compiled(state, self.train_x, self.train_y, order,
+                                                start, hp=self.hp)
+        else:
+            state, losses, nlls = self.compiled(state, self.train_x, self.train_y, order,
+                                                start)
         return (state, parallel.losses_to_host(self.par, losses),
                 parallel.losses_to_host(self.par, nlls))
 
@@ -417,6 +431,7 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         if not writer:
             return
         now = dict(epoch=epoch_done, step_in_epoch=step_in_epoch, loss_sum=loss_sum,
+                   member_loss_sums=at.get("member_loss_sums") if step_in_epoch else None,
                    nll_sum=nll_sum, metrics=metrics, train_time_s=train_time,
                    wall_time_s=at["wall_time_s"] + time.perf_counter() - t_start,
                    compile_time_s=at["compile_time_s"] + compile_s)
@@ -430,6 +445,9 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         first = epoch == at["epoch"] + 1
         begin = at["step_in_epoch"] if first else 0
         loss_sum, nll_sum = (at["loss_sum"], at["nll_sum"]) if first else (0.0, 0.0)
+        member_sums = np.zeros(plan.members)   # per stacked member, for members_train_loss
+        if first and at.get("member_loss_sums") is not None:
+            member_sums = np.asarray(at["member_loss_sums"], np.float64)
         order = plan.placed_order(host_state, epoch - 1)
         bar = Progress(num_batches, config.batch_size, epoch, config.num_epochs, progress,
                        done=begin)
@@ -440,7 +458,9 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
             losses = np.asarray(losses, np.float64).reshape(-1, chunk_steps)
             epoch_train_s += time.perf_counter() - t_chunk
             finite = np.all(np.isfinite(losses), axis=0)
-            if not np.all(finite):
+            # In a vmapped sweep a diverging run must not stop the others: its NaN
+            # losses are reported as its own (members are independent under vmap).
+            if not np.all(finite) and plan.hp is None:
                 bad = int(np.argmin(finite))
                 raise RunError(
                     f"training diverged: the loss became {losses[:, bad].max()} in epoch "
@@ -449,11 +469,13 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                     f"(now {config.learning_rate})")
             # Training cost: summed over steps, averaged over stacked members.
             loss_sum += float(losses.sum()) / losses.shape[0]
+            member_sums += losses.sum(axis=1)
             nll_sum += float(np.asarray(nlls, np.float64).sum()) / losses.shape[0]
             bar.update(chunk_steps)
             end = start + chunk_steps
             if end < num_batches and (stop.signum or (
                     ckpt_every and end // ckpt_every > start // ckpt_every)):
+                at["member_loss_sums"] = member_sums.tolist() if plan.stacked else None
                 save(epoch - 1, end, loss_sum, nll_sum, train_time + epoch_train_s)
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, end)
@@ -467,7 +489,8 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                  test_accuracy=test, epoch_train_s=round(epoch_train_s, 3),
                  train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
         if plan.stacked:
-            m.update(members_validation_accuracy=val_members,
+            m.update(members_train_loss=(member_sums / num_batches).tolist(),
+                     members_validation_accuracy=val_members,
                      members_test_accuracy=test_members)
         metrics.append(m)
         save(epoch, 0, 0.0, 0.0, train_time)

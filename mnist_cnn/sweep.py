@@ -222,3 +222,75 @@ def write_outputs(workdir: str, axes) -> tuple[int, int]:
     if table_rows:
         plots.sweep_plot(table_rows, axes, os.path.join(workdir, "sweep.png"))
     return len(table_rows), missing
+
+
+# ---- vmapped sweeps ----
+
+VMAP_FIELDS = ("seed", "learning_rate", "l2", "momentum")
+
+
+def vmappable(axes, config) -> bool:
+    """True when every swept field is a per-run number a stacked program can take
+    (seed, learning rate, l2, momentum): same architecture, batch size and data."""
+    return (all(f in VMAP_FIELDS for f, _ in axes) and config.num_members == 1
+            and config.num_runs == 1 and len(points(axes)) > 1)
+
+
+def group_dir(workdir: str, indices) -> str:
+    import hashlib
+    tag = hashlib.sha1(",".join(map(str, indices)).encode()).hexdigest()[:10]
+    return os.path.join(workdir, f"vmapped_{len(indices)}_{tag}")
+
+
+def run_vmapped(config, workdir: str, axes, indices, overwrite=False, progress=None,
+                log=print) -> None:
+    """Trains the points `indices` of the grid as one stacked, vmapped program in a
+    group directory (checkpointed and resumable like any run), then writes each point's
+    directory (config.json, metrics.jsonl, summary.json) as a sequential run would."""
+    from mnist_cnn import driver, train
+    grid = points(axes)
+    pending = [i for i in indices if overwrite or not os.path.exists(
+        os.path.join(workdir, point_dir(i, grid[i]), "summary.json"))]
+    if not pending:
+        log(f"all {len(indices)} point(s) already finished")
+        return
+    hp = {f: [float(grid[i][f]) for i in pending] for f, _ in axes
+          if f in train.HYPER_FIELDS}
+    seeds = [int(grid[i].get("seed", config.seed)) for i in pending]
+    group = group_dir(workdir, pending)
+    base = copy.deepcopy(config)
+    with base.unlocked():
+        base.plots = False
+    log(f"training {len(pending)} point(s) together (vmapped) in {group}")
+    summary = driver.run(base, group, overwrite=overwrite, progress=progress, log=log,
+                         hp=hp, seeds=seeds)
+    with open(os.path.join(group, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f if line.strip()]
+    for k, i in enumerate(pending):
+        _write_point(config, workdir, grid[i], i, metrics, k, summary, len(pending))
+
+
+def _write_point(config, workdir, point, index, metrics, k, group_summary, together):
+    from mnist_cnn import driver, train
+    d = os.path.join(workdir, point_dir(index, point))
+    os.makedirs(d, exist_ok=True)
+    mine = [dict(epoch=m["epoch"], train_loss=m["members_train_loss"][k],
+                 validation_accuracy=m["members_validation_accuracy"][k],
+                 test_accuracy=m["members_test_accuracy"][k],
+                 epoch_train_s=m["epoch_train_s"], trained_with=together) for m in metrics]
+    b = train.best_epoch([m["validation_accuracy"] for m in mine])
+    summary = dict(name=config.name, test_accuracy=mine[b]["test_accuracy"],
+                   best_validation_accuracy=mine[b]["validation_accuracy"],
+                   best_epoch=mine[b]["epoch"], epochs_run=len(mine),
+                   final_test_accuracy=mine[-1]["test_accuracy"],
+                   wall_time_s=group_summary["wall_time_s"],
+                   compile_time_s=group_summary["compile_time_s"],
+                   vmapped_with=together,
+                   diverged=any(m["train_loss"] != m["train_loss"] for m in mine),
+                   **{k2: group_summary[k2] for k2 in ("data_source", "device",
+                                                       "jax_version")})
+    driver.write_json_atomic(os.path.join(d, "config.json"),
+                             json.loads(apply(config, point).to_json()))
+    driver.write_text_atomic(os.path.join(d, "metrics.jsonl"),
+                             "".join(json.dumps(m, sort_keys=True) + "\n" for m in mine))
+    driver.write_json_atomic(os.path.join(d, "summary.json"), summary)

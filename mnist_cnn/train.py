@@ -40,10 +40,13 @@ def make_schedule(config, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Plain SGD (network3), or with (Nesterov) momentum and a schedule."""
-    return optax.sgd(make_schedule(config, steps_per_epoch),
-                     momentum=config.momentum or None, nesterov=bool(config.nesterov))
+def make_optimizer(config, steps_per_epoch: int, momentum=None) -> optax.GradientTransformation:
+    """Plain SGD (network3), or with (Nesterov) momentum and a schedule. `momentum`
+    overrides config.momentum and always keeps a momentum trace (a vmapped sweep passes
+    each run's value, possibly traced, possibly 0)."""
+    m = config.momentum or None if momentum is None else momentum
+    return optax.sgd(make_schedule(config, steps_per_epoch), momentum=m,
+                     nesterov=bool(config.nesterov))
 
 
 def init_state(model, tx, seed) -> TrainState:
@@ -52,10 +55,12 @@ def init_state(model, tx, seed) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), run_key)
 
 
-def init_states(model, tx, seed: int, num_members: int) -> TrainState:
+def init_states(model, tx, seed: int, num_members: int, seeds=None) -> TrainState:
     """One state, or `num_members` stacked on axis 0 with seeds seed, seed+1, ...
-    (member 0 is the run a single `seed` would give)."""
-    if num_members == 1:
+    (member 0 is the run a single `seed` would give), or one per entry of `seeds`."""
+    if seeds is not None:
+        fn, seeds = jax.vmap(lambda s: init_state(model, tx, s)), jnp.asarray(seeds)
+    elif num_members == 1:
         fn, seeds = (lambda s: init_state(model, tx, s)), seed
     else:
         fn, seeds = jax.vmap(lambda s: init_state(model, tx, s)), seed + jnp.arange(num_members)
@@ -106,25 +111,39 @@ def shuffle_order(key, epoch, n):
     return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
 
 
-def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None):
-    """(state, images float NHWC, labels) -> (state, (loss, nll)); pure, jittable.
+HYPER_FIELDS = ("learning_rate", "l2", "momentum")   # per-run values a step can take
+
+
+def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
+                    config=None):
+    """(state, images float NHWC, labels[, hp]) -> (state, (loss, nll)); pure, jittable.
     axis_name: inside pmap, each device holds a slice of the mini-batch; gradients and
     losses are averaged over the axis (equal slices, so this is the whole batch's mean)
-    and each device draws its own dropout masks."""
-    def step(state: TrainState, images, labels):
+    and each device draws its own dropout masks.
+    hp: this run's values of some HYPER_FIELDS (scalars, traced under a vmapped sweep),
+    overriding the config's: l2 enters the cost, momentum the optimizer's trace, and the
+    learning rate scales the updates of `tx` (built with config.learning_rate, so its
+    schedule's shape is kept)."""
+    def step(state: TrainState, images, labels, hp=None):
+        hp = hp or {}
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, lax.axis_index(axis_name))
-        grads, (loss, nll) = _grad(state.params, images, labels, key)
+        grads, (loss, nll) = _grad(state.params, images, labels, key, hp.get("l2", lmbda))
         if axis_name is not None:
             grads, loss, nll = lax.pmean((grads, loss, nll), axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        opt = tx if "momentum" not in hp else make_optimizer(config, num_batches,
+                                                             momentum=hp["momentum"])
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        if "learning_rate" in hp:
+            scale = hp["learning_rate"] / config.learning_rate
+            updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), (loss, nll)
 
-    def _grad(params, images, labels, key):
+    def _grad(params, images, labels, key, l2):
         (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model, images, labels, key, lmbda, num_batches)
+            params, model, images, labels, key, l2, num_batches)
         return grads, (loss, nll)
 
     return step
@@ -144,7 +163,7 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
     """The pure function behind make_train_chunk. axis_name: it runs under pmap, one
     device's share: every device builds the same global mini-batch (and its random
     shifts) and trains on its slice [i*b, (i+1)*b), b = batch_size / devices."""
-    step = make_train_step(model, tx, config.l2, num_batches, axis_name)
+    step = make_train_step(model, tx, config.l2, num_batches, axis_name, config)
     bs = config.batch_size
     shift = config.augment_shift
 
@@ -155,8 +174,8 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
         at = lax.axis_index(axis_name) * b
         return lax.dynamic_slice_in_dim(x, at, b), lax.dynamic_slice_in_dim(y, at, b)
 
-    def chunk(state, images, labels, order, start, num_steps):
-        def scan(state, order):
+    def chunk(state, images, labels, order, start, num_steps, hp=None):
+        def scan(state, order, hp=None):
             def body(state, i):
                 pos = (start + i) * bs
                 if order is None:
@@ -169,16 +188,15 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
                     x = data.random_shift(key, x, shift)
                 x, y = per_device(x, y)
-                return step(state, data.to_float(x), y)
+                return step(state, data.to_float(x), y, hp)
 
             state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))
             return state, losses, nlls
 
         if not stacked:
-            return scan(state, order)
-        if order is None:
-            return jax.vmap(lambda st: scan(st, None))(state)
-        return jax.vmap(scan)(state, order)
+            return scan(state, order, hp)
+        axes = (0, None if order is None else 0, None if hp is None else 0)
+        return jax.vmap(scan, in_axes=axes)(state, order, hp)
 
     return chunk
 

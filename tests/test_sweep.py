@@ -115,3 +115,63 @@ def test_bad_sweeps_fail_before_training(tmp_path, args, fragment):
     proc = run(*QUICK, f"--workdir={w}", *args)
     assert_user_error(proc, fragment)
     assert not list(w.glob("p*"))
+
+
+def test_vmapped_hyperparameters_equal_separate_runs():
+    """One stacked program with per-run learning rate, l2, momentum and seed gives each
+    run's parameters as if trained alone with that config (float32 tolerance)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mnist_cnn import networks, train
+    from tests.test_train import fake_data, tiny_config
+
+    c = tiny_config(shuffle=True, momentum=0.5, schedule="cosine", num_epochs=2)
+    c.layers[1].dropout = 0.0
+    x, y = fake_data(40)
+    nb = train.steps_per_epoch(40, c.batch_size)
+    runs = [dict(learning_rate=0.05, l2=0.1, momentum=0.5, seed=0),
+            dict(learning_rate=0.2, l2=0.0, momentum=0.0, seed=1),
+            dict(learning_rate=0.01, l2=2.0, momentum=0.9, seed=0)]
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, nb, momentum=c.momentum)
+    state = train.init_states(model, tx, 0, len(runs), seeds=[r["seed"] for r in runs])
+    hp = {f: jnp.asarray([r[f] for r in runs], jnp.float32)
+          for f in ("learning_rate", "l2", "momentum")}
+    chunk = train.make_train_chunk(model, tx, c, nb, stacked=True)
+    for epoch in range(2):
+        order = train.epoch_order(state.key, epoch, 40, True)
+        state, _, _ = chunk(state, x, y, order, 0, num_steps=nb, hp=hp)
+    for k, r in enumerate(runs):
+        alone_c = tiny_config(shuffle=True, schedule="cosine", num_epochs=2, **r)
+        alone_c.layers[1].dropout = 0.0
+        alone_tx = train.make_optimizer(alone_c, nb, momentum=r["momentum"])
+        alone = train.init_state(model, alone_tx, r["seed"])
+        one = train.make_train_chunk(model, alone_tx, alone_c, nb)
+        for epoch in range(2):
+            order = train.shuffle_order(alone.key, epoch, 40)
+            alone, _, _ = one(alone, x, y, order, 0, num_steps=nb)
+        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(state.params)):
+            np.testing.assert_allclose(np.asarray(b)[k], np.asarray(a), rtol=2e-5, atol=2e-6)
+
+
+def test_vmapped_sweep_reports_like_sequential_sweep(tmp_path, mnist_dir):
+    args = [*QUICK, "--config.num_epochs=2", "--config.shuffle=True",
+            "--sweep=learning_rate=0.03,0.1", "--sweep=seed=0,1"]
+    together = run(*args, f"--workdir={tmp_path / 'v'}")
+    apart = run(*args, f"--workdir={tmp_path / 's'}", "--nosweep_vmap")
+    assert together.returncode == 0 and apart.returncode == 0, (together.stderr, apart.stderr)
+    assert "together (vmapped)" in together.stdout
+    assert "together (vmapped)" not in apart.stdout
+    rows_v = {r["dir"]: r for r in _rows(tmp_path / "v" / "sweep.csv")}
+    rows_s = {r["dir"]: r for r in _rows(tmp_path / "s" / "sweep.csv")}
+    assert rows_v.keys() == rows_s.keys() and len(rows_v) == 4
+    for d in rows_v:
+        mv = [json.loads(l) for l in (tmp_path / "v" / d / "metrics.jsonl").read_text().splitlines()]
+        ms = [json.loads(l) for l in (tmp_path / "s" / d / "metrics.jsonl").read_text().splitlines()]
+        for a, b in zip(mv, ms):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+            assert abs(a["validation_accuracy"] - b["validation_accuracy"]) <= 0.002
+    again = run(*args, f"--workdir={tmp_path / 'v'}")      # resumable: nothing left to do
+    assert again.returncode == 0 and "already finished" in again.stdout

@@ -10,15 +10,21 @@ ensemble) with at most 10 million training images; an ensemble >= 99.75%.
     python run.py --config=experiments/modern.py --workdir=runs/modern
     python run.py --config=experiments/modern.py:members=5 --workdir=runs/modern_ens5
 
-Variants: epochs=N (default 30), members=K (an ensemble of K, vmapped, plurality vote),
-vote=mean_softmax.
+Variants: epochs=N (default 40), members=K (an ensemble of K, vmapped, plurality vote),
+vote=mean_softmax, fc=N (FC width, default 1024), p=P (dropout, default 0.5).
+
+Measured here (seed 0, 2-core Intel Xeon CPU, jax 0.10.2; the machine shared with other
+work, so the wall time is not a speed figure): test 99.57% at the best-validation epoch
+29 (validation 99.56%), final epoch 99.63%; 40 epochs, 2.0M images (a fifth of the
+book's dropout network), 22 min. Below the 99.67% target. An earlier setting (FC 256,
+dropout 0.25, 30 epochs) gave 99.53% (validation 99.56% at epoch 24).
 """
 
 from experiments import dbl_conv_relu
 from mnist_cnn.config import conv_pool, fc, parse_variant, softmax
 
 BOOK_ACCURACY = None
-MEASURED = None
+MEASURED = 99.57
 
 
 def get_config(arg=""):

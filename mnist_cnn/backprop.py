@@ -127,7 +127,7 @@ def _unblocks(d_blocks, x_shape, window, hw):
 def _window_scatter(per_offset, x_shape, window, stride):
     """Adds per-offset errors (one (N,Ho,Wo,C) array per window offset (a, b), row-major)
     back onto the input positions they came from."""
-    (kh, kw), (sh, sw) = window, stride
+    kw, (sh, sw) = window[1], stride
     ho, wo = per_offset[0].shape[1:3]
     d = jnp.zeros(x_shape, per_offset[0].dtype)
     for k, g in enumerate(per_offset):
@@ -210,8 +210,17 @@ def _name(i, kind):
     return f"layer{i}_" + {"conv_pool": "conv", "fc": "fc", "softmax": "softmax"}[kind]
 
 
+def dropout_masks(layer_specs, key):
+    """A function (layer index, layer name, input shape) -> the layer's dropout mask:
+    the manual path's own stream, bernoulli(fold_in(key, i)), not Flax's."""
+    def mask(i, spec, shape):
+        return jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - spec["dropout"], shape)
+    return mask
+
+
 def network_grads(params, layer_specs, images, labels, lmbda=0.0, num_batches=1,
-                  masks=None, dropout_mode="network3", conv_impl="auto"):
+                  masks=None, dropout_mode="network3", conv_impl="auto", dropout_key=None,
+                  with_nll=False):
     """(cost, gradients) of network3's cost for a network of config.layers, by a forward
     pass that keeps what each layer saw and a hand-written backward pass.
 
@@ -220,7 +229,8 @@ def network_grads(params, layer_specs, images, labels, lmbda=0.0, num_batches=1,
     dropout. Returns the mean log-likelihood + L2 term and a gradient tree shaped like
     `params`."""
     a, saved = images, []
-    masks = masks or {}
+    masks = dict(masks or {})
+    draw = dropout_masks(layer_specs, dropout_key) if dropout_key is not None else None
     for i, spec in enumerate(layer_specs):
         kind, name = spec["kind"], _name(i, spec["kind"])
         w, b = params[name]["w"], params[name]["b"]
@@ -232,6 +242,8 @@ def network_grads(params, layer_specs, images, labels, lmbda=0.0, num_batches=1,
             a = L.activation(spec["activation"])(pre)
         else:
             flat = a.reshape(a.shape[0], -1)
+            if draw is not None and spec["dropout"] > 0:
+                masks[name] = draw(i, spec, flat.shape)
             mask = masks.get(name) if spec["dropout"] > 0 else None
             xd = flat
             if mask is not None:
@@ -267,9 +279,9 @@ def network_grads(params, layer_specs, images, labels, lmbda=0.0, num_batches=1,
                 d_xd = dropout_backward(mask, d_xd, spec["dropout"], dropout_mode)
             d = d_xd.reshape(x_in.shape)
         grads[name] = {"w": dw + l2_backward(w, lmbda, num_batches), "b": db}
-    return cost, grads
+    return (cost, nll, grads) if with_nll else (cost, grads)
 
 
 __all__ = ["activation_backward", "dense_backward", "softmax_log_likelihood_backward",
            "l2_backward", "dropout_backward", "conv_backward", "max_pool_backward",
-           "avg_pool_backward", "l2_pool_backward", "pool_backward", "network_grads"]
+           "avg_pool_backward", "l2_pool_backward", "pool_backward", "network_grads", "dropout_masks"]

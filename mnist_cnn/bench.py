@@ -74,7 +74,7 @@ def matmul_ceiling(n: int = 2048, repeats: int = 5) -> float:
 
 def step_flops(model, tx, c, state, x, y) -> float:
     """FLOPs of one training step by XLA's cost analysis of the compiled step."""
-    step = train.make_train_step(model, tx, c.l2, 1)
+    step = train.make_train_step(model, tx, c.l2, 1, config=c)
     cost = jax.jit(step).lower(state, data.to_float(x), y).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float((cost or {}).get("flops", float("nan")))

@@ -84,6 +84,7 @@ def base_config():
     c.parallel = "auto"         # auto (pmap when several devices) | none | pmap
     c.num_devices = 0           # local devices to use; 0: all
     c.dtype = "float32"
+    c.grad = "autodiff"         # autodiff (jax.grad) | manual (mnist_cnn/backprop.py)
     c.eval_batch_size = 200     # fastest measured on a 2-core CPU (100-500 are close)
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
@@ -154,6 +155,10 @@ def validate(c):
            f"config.parallel must be auto, none or pmap, got {c.parallel!r}")
     _check(c.num_devices >= 0, f"config.num_devices must be >= 0 (0: all local devices), "
            f"got {c.num_devices}")
+    _check(c.grad in ("autodiff", "manual"),
+           f"config.grad must be autodiff or manual, got {c.grad!r}")
+    _check(c.grad == "autodiff" or c.dtype == "float32", "config.grad=manual computes in "
+           "float32 only; use config.dtype=float32 or config.grad=autodiff")
     _check(c.dtype in ("float32", "bfloat16"),
            f"config.dtype must be float32 or bfloat16, got {c.dtype!r}")
     _check(c.data_source in ("auto", "idx", "tfds"),

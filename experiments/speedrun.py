@@ -9,14 +9,16 @@ imports, data loading, compilation, training, evaluation, checkpoints.
 
     time python run.py --config=experiments/speedrun.py --workdir=runs/speedrun
 
-Measured here: see MEASURED and the README's speedrun section.
+Measured here (python benchmarks/speedrun.py --seeds=5; 2-core Intel Xeon CPU, jax
+0.10.2, no compilation cache): test 99.09% median over seeds 0-4 (99.00-99.12%), wall
+time 17.2 s median (16.9-17.9 s) from process start to exit.
 """
 
 from experiments import dbl_conv_relu
 from mnist_cnn.config import conv_pool, fc, softmax
 
 BOOK_ACCURACY = None
-MEASURED = None
+MEASURED = 99.09
 
 
 def get_config():

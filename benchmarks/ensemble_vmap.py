@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from mnist_cnn import networks, train  # noqa: E402
+from mnist_cnn import bench, networks, train  # noqa: E402
 
 flags.DEFINE_string("experiment", "dbl_conv_relu", "Experiment whose network to train.")
 flags.DEFINE_integer("members", 5, "Ensemble members.")
@@ -34,12 +34,7 @@ FLAGS = flags.FLAGS
 
 
 def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+    times = bench.timed(fn, repeats)
     return statistics.median(times), min(times), max(times)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,9 @@ import tempfile
 import time
 
 from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mnist_cnn import bench  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,17 +33,6 @@ flags.DEFINE_float("target", 0.99, "Test accuracy the speedrun must reach.")
 flags.DEFINE_multi_string("override", [], "Extra --config.* overrides, e.g. num_epochs=3.")
 flags.DEFINE_string("out", "benchmark_speedrun.json", "JSON output path.")
 FLAGS = flags.FLAGS
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_one(seed: int, workdir: str) -> dict:
@@ -77,9 +68,9 @@ def main(_):
           f"{statistics.median(walls):.1f} ({min(walls):.1f}-{max(walls):.1f}) | "
           f"{100 * statistics.median(accs):.2f} ({100 * min(accs):.2f}-{100 * max(accs):.2f}) "
           f"| {hits}/{len(rows)} |")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
+    print(f"CPU: {bench.cpu_model()}, {os.cpu_count()} cores")
     with open(FLAGS.out, "w") as f:
-        json.dump(dict(config=FLAGS.config, overrides=FLAGS.override, cpu=cpu_name(),
+        json.dump(dict(config=FLAGS.config, overrides=FLAGS.override, cpu=bench.cpu_model(),
                        cores=os.cpu_count(), target=FLAGS.target, runs=rows,
                        median_wall_s=statistics.median(walls),
                        median_test_accuracy=statistics.median(accs)), f, indent=1)

@@ -44,13 +44,7 @@ def grid(n: int) -> list[dict]:
 
 
 def timed(fn, repeats):
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return statistics.median(bench.timed(fn, repeats))
 
 
 def bench_points(n: int, x, y) -> dict:

@@ -80,7 +80,8 @@ def step_flops(model, tx, c, state, x, y) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def _timed(fn, repeats):
+def timed(fn, repeats) -> list[float]:
+    """Seconds of each of `repeats` calls of fn, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -133,8 +134,8 @@ def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
     flops = step_flops(model, tx, c, state, x[:batch_size], y[:batch_size]) / batch_size
     predict = train.make_predict(model, c.eval_batch_size)
     test_x = jnp.resize(x, (10_000, 28, 28))   # repeats x when it holds fewer
-    eval_times = _timed(lambda: predict(state.params, test_x).block_until_ready(), repeats)
-    train_times = _timed(run_chunk, repeats)
+    eval_times = timed(lambda: predict(state.params, test_x).block_until_ready(), repeats)
+    train_times = timed(run_chunk, repeats)
     rates = [steps * batch_size / t for t in train_times]
     median = statistics.median(rates)
     return dict(batch_size=batch_size, conv_impl=conv_impl, dtype=dtype, devices=devices,

@@ -105,53 +105,59 @@ def benchmark(flags) -> int:
     return 0
 
 
-def run_sweep(flags) -> int:
-    """--sweep / --sweep_shard / --sweep_collect."""
-    from mnist_cnn import sweep
-    workdir = flags.workdir
+def _exit_code(fn, *args) -> int:
+    """Runs fn: user errors become one `error:` line and status 2, a signal 128+signum."""
     try:
-        if flags.sweep_collect:
-            axes = sweep.load_grid(workdir)
-            if flags.sweep:
-                sweep.check_grid(workdir, sweep.grid_record(
-                    flags.config, sweep.parse(flags.sweep, flags.config)))
-            done, missing = sweep.write_outputs(workdir, axes)
-            print(f"{done} point(s) finished, {missing} not yet; wrote "
-                  f"{os.path.join(workdir, 'sweep.md')}")
-            return 0
-        if not flags.sweep:
-            raise sweep.SweepError("--sweep_shard needs the --sweep flags of the grid")
-        axes = sweep.parse(flags.sweep, flags.config)
-        shard, shards = sweep.parse_shard(flags.sweep_shard)
-        grid = sweep.points(axes)
-        configs = [sweep.apply(flags.config, p) for p in grid]   # all validated up front
-        for c in configs:
-            driver.build(c)
-        driver.inspect_workdir(workdir, {}, True)                  # writable at all?
-        sweep.check_grid(workdir, sweep.grid_record(flags.config, axes))
-        mine = [i for i in range(len(grid)) if i % shards == shard]
-        if flags.sweep_vmap and sweep.vmappable(axes, flags.config) and len(mine) > 1:
-            sweep.run_vmapped(flags.config, workdir, axes, mine, flags.overwrite,
-                              flags.progress)
-            mine = []
-        for n, i in enumerate(mine):
-            sub = os.path.join(workdir, sweep.point_dir(i, grid[i]))
-            print(f"point {i + 1}/{len(grid)} ({n + 1} of {len(mine)} in this shard): "
-                  f"{', '.join(f'{k}={v}' for k, v in grid[i].items())} -> {sub}",
-                  flush=True)
-            driver.run(configs[i], sub, overwrite=flags.overwrite, progress=flags.progress)
-        if shards == 1:
-            done, missing = sweep.write_outputs(workdir, axes)
-            print(f"sweep finished: {done} points; {os.path.join(workdir, 'sweep.md')}")
-        else:
-            print(f"shard {shard}/{shards} finished its {len(mine)} point(s); run "
-                  f"--sweep_collect when every shard has finished")
+        return fn(*args)
     except USER_ERRORS as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
     except driver.Interrupted as e:
         sys.stderr.write(f"{e}\n")
         return 128 + e.signum
+
+
+def run_sweep(flags) -> int:
+    """--sweep / --sweep_shard / --sweep_collect."""
+    from mnist_cnn import sweep
+    workdir = flags.workdir
+    if flags.sweep_collect:
+        axes = sweep.load_grid(workdir)
+        if flags.sweep:
+            sweep.check_grid(workdir, sweep.grid_record(
+                flags.config, sweep.parse(flags.sweep, flags.config)))
+        done, missing = sweep.write_outputs(workdir, axes)
+        print(f"{done} point(s) finished, {missing} not yet; wrote "
+              f"{os.path.join(workdir, 'sweep.md')}")
+        return 0
+    if not flags.sweep:
+        raise sweep.SweepError("--sweep_shard needs the --sweep flags of the grid")
+    axes = sweep.parse(flags.sweep, flags.config)
+    shard, shards = sweep.parse_shard(flags.sweep_shard)
+    grid = sweep.points(axes)
+    configs = [sweep.apply(flags.config, p) for p in grid]   # all validated up front
+    for c in configs:
+        driver.build(c)
+    driver.inspect_workdir(workdir, {}, True)                  # writable at all?
+    sweep.check_grid(workdir, sweep.grid_record(flags.config, axes))
+    mine = [i for i in range(len(grid)) if i % shards == shard]
+    count = len(mine)
+    if flags.sweep_vmap and sweep.vmappable(axes, flags.config) and len(mine) > 1:
+        sweep.run_vmapped(flags.config, workdir, axes, mine, flags.overwrite,
+                          flags.progress)
+        mine = []
+    for n, i in enumerate(mine):
+        sub = os.path.join(workdir, sweep.point_dir(i, grid[i]))
+        print(f"point {i + 1}/{len(grid)} ({n + 1} of {len(mine)} in this shard): "
+              f"{', '.join(f'{k}={v}' for k, v in grid[i].items())} -> {sub}",
+              flush=True)
+        driver.run(configs[i], sub, overwrite=flags.overwrite, progress=flags.progress)
+    if shards == 1:
+        done, missing = sweep.write_outputs(workdir, axes)
+        print(f"sweep finished: {done} points; {os.path.join(workdir, 'sweep.md')}")
+    else:
+        print(f"shard {shard}/{shards} finished its {count} point(s); run "
+              f"--sweep_collect when every shard has finished")
     return 0
 
 
@@ -169,17 +175,13 @@ def main(flags) -> int:
         sys.stderr.write("error: --workdir is required: the directory for this run's files\n")
         return 2
     if flags.sweep or flags.sweep_collect or flags.sweep_shard:
-        return run_sweep(flags)
-    try:
-        dist = distributed_args(flags)
-        if dist:
-            parallel.initialize_distributed(*dist, flags.distributed_timeout)
-        driver.run(flags.config, flags.workdir, overwrite=flags.overwrite,
-                   progress=flags.progress)
-    except USER_ERRORS as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    except driver.Interrupted as e:
-        sys.stderr.write(f"{e}\n")
-        return 128 + e.signum
+        return _exit_code(run_sweep, flags)
+    return _exit_code(train_one, flags)
+
+
+def train_one(flags) -> int:
+    dist = distributed_args(flags)
+    if dist:
+        parallel.initialize_distributed(*dist, flags.distributed_timeout)
+    driver.run(flags.config, flags.workdir, overwrite=flags.overwrite, progress=flags.progress)
     return 0

@@ -14,7 +14,7 @@ Measured here (python benchmarks/speedrun.py --seeds=5; 2-core Intel Xeon CPU, j
 time 17.2 s median (16.9-17.9 s) from process start to exit.
 """
 
-from experiments import dbl_conv_relu
+from experiments import dbl_conv_relu, modern
 from mnist_cnn.config import conv_pool, fc, softmax
 
 BOOK_ACCURACY = None
@@ -22,19 +22,9 @@ MEASURED = 99.09
 
 
 def get_config():
-    c = dbl_conv_relu.get_config()
+    c = modern.recipe(dbl_conv_relu.get_config(), 4, learning_rate=0.1, warmup_epochs=0.3)
     c.name = "speedrun"
     c.layers = (conv_pool(8, activation="relu"), conv_pool(16, activation="relu"),
                 fc(100, activation="relu"), softmax(10))
-    c.init = "modern"
-    c.num_epochs = 4
-    c.batch_size = 128
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.nesterov = True
-    c.schedule = "onecycle"
-    c.warmup_epochs = 0.3
-    c.l2 = 0.0
-    c.shuffle = True
     c.plots = False
     return c

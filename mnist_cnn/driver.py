@@ -233,15 +233,9 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
     writer = jax.process_index() == 0   # in a multi-process run only process 0 writes
     mode = inspect_workdir(workdir, config_dict, overwrite) if writer else None
     mode = parallel.from_process_0(mode, ("fresh", "resume", "done"))
-    if not writer:
-        if mode == "done":
-            return {}
-        ds = data.load(config.data_source, config.data_dir or None, config.train_size,
-                       download=config.download)
-        plan = Plan(config, model, ds, hp, seeds)
-        with stop_on_signals() as stop:
-            return _train(plan, None, stop, t_start, False, lambda *a: None)
     if mode == "done":
+        if not writer:
+            return {}
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
         log(f"{workdir} holds a finished run: test accuracy "
@@ -250,6 +244,9 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download)
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
+    if not writer:
+        with stop_on_signals() as stop:
+            return _train(plan, None, stop, t_start, False, lambda *a: None)
     log(f"data: {ds.source}; train {plan.num_train}, validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {plan.num_batches} mini-batches of {config.batch_size}"
         f"{f'; {plan.members} networks stacked' if plan.stacked else ''}; compiled in "

@@ -75,6 +75,8 @@ def base_config():
     c.shuffle = False           # network3 visits mini-batches in the same order each epoch
     c.expand_data = False       # the book's 5x expansion (each image + four 1-pixel shifts)
     c.augment_shift = 0         # on-the-fly random shifts of up to k pixels (0: off)
+    c.augment_rotate = 0.0      # on-the-fly random rotations of up to this many degrees
+    c.augment_scale = 0.0       # on-the-fly random zoom by a factor in [1 - s, 1 + s]
     c.num_members = 1           # >1: an ensemble trained together (vmapped), voting
     c.vote = "plurality"        # plurality (the book) | mean_softmax
     c.num_runs = 1              # >1: independent runs (vmapped); the best validation is kept
@@ -132,6 +134,12 @@ def validate(c):
            f"config.vote must be plurality or mean_softmax, got {c.vote!r}")
     _check(0 <= c.augment_shift < 28, f"config.augment_shift must be in [0, 27] pixels "
            f"(a shift of 28 or more leaves a blank image), got {c.augment_shift}")
+    for field in ("augment_rotate", "augment_scale"):
+        _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
+    _check(0 <= c.augment_rotate < 180, f"config.augment_rotate must be in [0, 180) "
+           f"degrees, got {c.augment_rotate}")
+    _check(0 <= c.augment_scale < 1, f"config.augment_scale must be in [0, 1) (a zoom "
+           f"factor in [1 - s, 1 + s]), got {c.augment_scale}")
     for field in ("shuffle", "expand_data", "nesterov", "download", "plots"):
         _check(isinstance(c[field], bool), f"config.{field} must be True or False, "
                f"got {c[field]!r}")

@@ -347,3 +347,43 @@ def random_shift(key, images, max_shift: int):
     offsets = jax.random.randint(key, (b, 2), 0, 2 * k + 1)
     crop = lambda img, off: lax.dynamic_slice(img, (off[0], off[1]), (h, w))
     return jax.vmap(crop)(padded, offsets)
+
+
+def affine(images, theta, scale):
+    """Each image of a (B, H, W) float batch rotated by its own angle theta[b] (radians)
+    and zoomed by scale[b] about the image centre, by bilinear interpolation with zeros
+    outside the image (scipy.ndimage's mode='grid-constant'). Output pixel o samples the
+    input at R(-theta) (o - c) / scale + c. Pure and jittable."""
+    import jax.numpy as jnp
+    b, h, w = images.shape
+    ci, cj = (h - 1) / 2, (w - 1) / 2
+    ii, jj = jnp.meshgrid(jnp.arange(h) - ci, jnp.arange(w) - cj, indexing="ij")
+    cos = (jnp.cos(theta) / scale)[:, None, None]
+    sin = (jnp.sin(theta) / scale)[:, None, None]
+    si = cos * ii + sin * jj + ci
+    sj = -sin * ii + cos * jj + cj
+    i0, j0 = jnp.floor(si), jnp.floor(sj)
+    di, dj = si - i0, sj - j0
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1))).reshape(b, -1)
+
+    def at(i, j):   # clipped into the zero border, then one flat gather per corner
+        i = jnp.clip(i, -1, h).astype(jnp.int32) + 1
+        j = jnp.clip(j, -1, w).astype(jnp.int32) + 1
+        flat = (i * (w + 2) + j).reshape(b, -1)
+        return jnp.take_along_axis(padded, flat, axis=1).reshape(b, h, w)
+
+    return ((1 - di) * (1 - dj) * at(i0, j0) + (1 - di) * dj * at(i0, j0 + 1)
+            + di * (1 - dj) * at(i0 + 1, j0) + di * dj * at(i0 + 1, j0 + 1))
+
+
+def random_affine(key, images, max_degrees: float, max_scale: float):
+    """Each image of a (B, H, W) float batch rotated by a uniform angle in
+    [-max_degrees, max_degrees] and zoomed by a uniform factor in [1 - max_scale,
+    1 + max_scale], its own draw per image: on-the-fly augmentation inside the jitted epoch."""
+    import jax
+    import jax.numpy as jnp
+    b = images.shape[0]
+    k_rot, k_scale = jax.random.split(key)
+    theta = jax.random.uniform(k_rot, (b,), minval=-max_degrees, maxval=max_degrees)
+    scale = 1 + jax.random.uniform(k_scale, (b,), minval=-max_scale, maxval=max_scale)
+    return affine(images, theta * (jnp.pi / 180), scale)

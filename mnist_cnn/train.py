@@ -174,6 +174,7 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
     step = make_train_step(model, tx, config.l2, num_batches, axis_name, config)
     bs = config.batch_size
     shift = config.augment_shift
+    rotate, zoom = config.augment_rotate, config.augment_scale
 
     def per_device(x, y):
         if axis_name is None:
@@ -195,8 +196,12 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
                 if shift:
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
                     x = data.random_shift(key, x, shift)
+                x = data.to_float(x)
+                if rotate or zoom:
+                    key = jax.random.fold_in(jax.random.fold_in(state.key, 3), state.step)
+                    x = data.random_affine(key, x[..., 0], rotate, zoom)[..., None]
                 x, y = per_device(x, y)
-                return step(state, data.to_float(x), y, hp)
+                return step(state, x, y, hp)
 
             state, (losses, nlls) = lax.scan(body, state, jnp.arange(num_steps))
             return state, losses, nlls

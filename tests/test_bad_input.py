@@ -57,6 +57,8 @@ CONFIG_CASES = [
     ("layers[2].kind=softmax", "softmax"),
     ("layers[1].kernel=13", "do not fit"),
     ("augment_shift=28", "augment_shift"), ("augment_shift=-1", "augment_shift"),
+    ("augment_rotate=180", "augment_rotate"), ("augment_rotate=-5", "augment_rotate"),
+    ("augment_scale=1.0", "augment_scale"), ("augment_scale=-0.1", "augment_scale"),
     ("num_members=0", "num_members"), ("num_runs=0", "num_runs"),
     ("vote=borda", "vote"),
     ("num_runs=2000000", "GiB"),                  # more runs than memory allows

@@ -952,3 +952,56 @@ def test_random_shift_applies_one_shift_per_image_within_range():
     assert len(seen) > 3   # not the same shift for every image
     again = np.asarray(data.random_shift(jax.random.PRNGKey(0), images, 2))
     np.testing.assert_array_equal(out, again)
+
+
+def _scipy_affine(img, theta, scale):
+    """scipy.ndimage's bilinear affine map, the independent reference for data.affine."""
+    from scipy import ndimage
+    m = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) / scale
+    c = (np.array(img.shape) - 1) / 2
+    return ndimage.affine_transform(img, m, offset=c - m @ c, order=1,
+                                    mode="grid-constant", cval=0.0)
+
+
+def test_affine_matches_scipy_bilinear_rotation_and_zoom():
+    rng = np.random.default_rng(3)
+    images = rng.random((6, 28, 28)).astype(np.float32)
+    theta = np.array([0.0, 0.3, -0.5, 1.2, np.pi / 2, -2.0], np.float32)
+    scale = np.array([1.0, 0.9, 1.15, 1.0, 0.8, 1.3], np.float32)
+    got = np.asarray(data.affine(images, theta, scale))
+    for img, t, s, g in zip(images, theta, scale, got):
+        np.testing.assert_allclose(g, _scipy_affine(img.astype(np.float64), float(t), float(s)),
+                                   atol=2e-5)
+
+
+def test_affine_identity_and_quarter_turn_are_exact():
+    rng = np.random.default_rng(4)
+    images = rng.random((3, 28, 28)).astype(np.float32)
+    same = np.asarray(data.affine(images, np.zeros(3, np.float32), np.ones(3, np.float32)))
+    np.testing.assert_allclose(same, images, atol=1e-6)
+    turned = np.asarray(data.affine(images, np.full(3, np.pi / 2, np.float32),
+                                    np.ones(3, np.float32)))
+    # Output (i, j) samples input (c + (j - c), c - (i - c)): np.rot90 one way or the other.
+    assert any(np.allclose(turned, np.rot90(images, k, axes=(1, 2)), atol=1e-5) for k in (1, 3))
+
+
+def test_random_affine_draws_per_image_within_range_and_is_seeded():
+    import jax
+    rng = np.random.default_rng(5)
+    images = rng.random((64, 28, 28)).astype(np.float32)
+    key = jax.random.PRNGKey(7)
+    out = np.asarray(data.random_affine(key, images, 10.0, 0.1))
+    np.testing.assert_array_equal(out, np.asarray(data.random_affine(key, images, 10.0, 0.1)))
+    # Recover each image's draw from the same key: the ranges hold and the draws differ.
+    k_rot, k_scale = jax.random.split(key)
+    theta = np.asarray(jax.random.uniform(k_rot, (64,), minval=-10.0, maxval=10.0))
+    scale = 1 + np.asarray(jax.random.uniform(k_scale, (64,), minval=-0.1, maxval=0.1))
+    assert np.abs(theta).max() <= 10 and np.abs(scale - 1).max() <= 0.1
+    assert theta.std() > 3 and scale.std() > 0.03
+    for i in (0, 17, 63):
+        np.testing.assert_allclose(out[i], _scipy_affine(images[i].astype(np.float64),
+                                                         np.deg2rad(theta[i]), scale[i]),
+                                   atol=2e-5)
+    # Zero ranges leave the images as they are.
+    np.testing.assert_allclose(np.asarray(data.random_affine(key, images, 0.0, 0.0)), images,
+                               atol=1e-6)

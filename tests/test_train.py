@@ -94,6 +94,36 @@ def test_scan_equals_python_loop_of_steps():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shift,rotate,zoom", [(0, 15.0, 0.0), (2, 10.0, 0.1), (0, 0.0, 0.2)])
+def test_scan_augments_each_step_with_its_own_seeded_affine_draw(shift, rotate, zoom):
+    """The jitted epoch equals a Python loop that applies data.random_shift and
+    data.random_affine with the documented per-step keys; and it differs from no augmentation."""
+    c = tiny_config(augment_shift=shift, augment_rotate=rotate, augment_scale=zoom)
+    x, y = fake_data(20)
+    nb = 5
+    model, tx, state = setup(c, nb)
+    step = jax.jit(train.make_train_step(model, tx, c.l2, nb))
+    loop = state
+    for i in range(nb):
+        xb = x[4 * i:4 * i + 4]
+        if shift:
+            xb = data.random_shift(jax.random.fold_in(jax.random.fold_in(loop.key, 2), loop.step),
+                                   xb, shift)
+        key = jax.random.fold_in(jax.random.fold_in(loop.key, 3), loop.step)
+        xf = data.random_affine(key, data.to_float(xb)[..., 0], rotate, zoom)[..., None]
+        loop, _ = step(loop, xf, y[4 * i:4 * i + 4])
+    _, _, state2 = setup(c, nb)
+    scanned, _, _ = train.make_train_chunk(model, tx, c, nb)(state2, x, y, None, 0, num_steps=nb)
+    for a, b in zip(jax.tree.leaves(loop.params), jax.tree.leaves(scanned.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    plain = tiny_config(augment_shift=shift)
+    _, _, state3 = setup(plain, nb)
+    unaugmented, _, _ = train.make_train_chunk(model, tx, plain, nb)(state3, x, y, None, 0,
+                                                                      num_steps=nb)
+    assert not np.allclose(jax.tree.leaves(unaugmented.params)[0],
+                           jax.tree.leaves(scanned.params)[0])
+
+
 def test_training_reduces_the_loss_on_a_fixed_batch():
     c = tiny_config(l2=0.0)
     c.layers[1].dropout = 0.0

@@ -2,9 +2,13 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from mnist_cnn import bench
+from mnist_cnn import bench, networks
+from mnist_cnn import config as config_lib
+from mnist_cnn.config import conv_pool, fc, softmax
 from tests.test_run import assert_user_error, run
 
 QUICK = ["--config=experiments/dbl_conv_relu.py", "--bench_images=64", "--repeats=1"]
@@ -25,9 +29,42 @@ def test_benchmark_writes_table_and_json(tmp_path):
         # XLA's count for the book's network: ~9.5 MFLOP per training image (forward
         # ~3.2 MFLOP, backward about twice that); a count off by 2x means a wrong model.
         assert 7e6 < r["xla_flops_per_image"] < 13e6, r
+        assert r["model_flops_per_image"] == 9_222_000   # 3 x 3.266 MFLOP less conv 1's input gradient
         assert r["achieved_gflop_s"] == pytest.approx(
-            r["train_images_per_s"] * r["xla_flops_per_image"] / 1e9, rel=1e-3)
+            r["train_images_per_s"] * r["model_flops_per_image"] / 1e9, rel=1e-3)
     assert "| 16 | patches | bfloat16 | 1 |" in proc.stdout
+
+
+def test_model_flops_by_hand_for_the_books_network():
+    """Hand count for dbl_conv_relu: conv 20 (24x24 outputs, 5x5x1), conv 40 (8x8, 5x5x20),
+    FC 640->100, softmax 100->10."""
+    from experiments import dbl_conv_relu
+    conv1, conv2 = 2 * 24 * 24 * 25 * 1 * 20, 2 * 8 * 8 * 25 * 20 * 40
+    fwd = conv1 + conv2 + 2 * 640 * 100 + 2 * 100 * 10
+    assert bench.model_flops(dbl_conv_relu.get_config().layers) == (fwd, 3 * fwd - conv1)
+
+
+@pytest.mark.parametrize("layers", [
+    (conv_pool(6, kernel=3, stride=2, padding="SAME", activation="relu"), fc(30), softmax(10)),
+    (conv_pool(4, kernel=3, stride=(1, 2), pool="l2", pool_window=3, pool_stride=2),
+     conv_pool(8, kernel=3, padding=1, pool="none"), softmax(10)),
+    (fc(50), fc(20), softmax(10)),
+])
+def test_model_flops_agrees_with_xlas_count_of_the_forward_pass_on_cpu(layers):
+    """XLA's cost analysis of the patches forward pass on the CPU (an independent count)
+    is the products counted here plus the elementwise work, which is small."""
+    c = config_lib.base_config()
+    c.layers, c.conv_impl = layers, "patches"
+    model = networks.from_config(c)
+    params = networks.init_params(model, jax.random.PRNGKey(0))
+    x = jnp.zeros((1, 28, 28, 1))
+    cost = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(
+        params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    forward, training = bench.model_flops(layers)
+    assert forward <= cost["flops"] <= 1.15 * forward
+    first = bench.model_flops(layers[:1])[0]
+    assert training == 3 * forward - first
 
 
 def test_known_peaks_and_fraction():

@@ -12,12 +12,10 @@ Stages, in order, each a subprocess of run.py with its own time limit inside the
 2. bench: `run.py --mode=benchmark` for dbl_conv_relu over mini-batch 10/128/1024,
    conv patches/xla, float32 (and bfloat16 for xla), Markdown + JSON;
 3. speedrun: experiments/speedrun.py with three seeds, end-to-end wall time each;
-4. modern: a 5-member `modern` ensemble with rotation/zoom augmentation, each member
-   4M images (the single-network and ensemble targets of issue 4, chosen by validation);
-5. book: experiments/ensemble.py, the book's five double_fc_dropout networks at
-   mini-batch 10 (50M member-images). It is stopped early, and reported as not measured,
-   when its first epochs project past the deadline;
-6. extra: further `modern` points while time remains.
+4. train: whole runs in order (the plan's `train` list: the book's five-network
+   ensemble at mini-batch 10, longer `modern` ensembles, expanded-data rows), each
+   stopped early, and reported as not measured, when its finished epochs project its
+   end past the deadline.
 
 What comes back in OUT: log.txt (everything every stage printed), bench*.json, and
 runs.tar.gz (each run's config.json, metrics.jsonl, summary.json and figures).
@@ -42,18 +40,21 @@ PLANS = {
                dict(batch_sizes="128,1024", conv_impls="xla", dtypes="bfloat16",
                     bench_images=30720, out="bench_bf16.json", limit=45)],
         speedrun_seeds=(0, 1, 2),
-        modern=[("modern.py:members=5,epochs=80,rot=10,zoom=0.1", []),
-                ("modern.py:members=5,epochs=80", [])],
-        book=("ensemble.py", []),
+        # (run name, experiment, extra flags), in order; each stopped early when its
+        # first epochs project past the deadline. The third session (H200) measured
+        # double_fc_dropout, expanded_data n=100 and the 80-epoch modern ensembles;
+        # what is left: the book's ensemble, then longer and more varied modern members.
+        train=[("book_ensemble", "ensemble.py", []),
+               ("modern_200", "modern.py:members=5,epochs=200,rot=10,zoom=0.1", []),
+               ("expanded_300", "expanded_data.py:n=300", [])],
         overrides=[]),
     # The same stages on a few hundred images, to test this script on the CPU.
     "smoke": dict(
         bench=[dict(batch_sizes="10,128", conv_impls="patches", dtypes="float32",
                     bench_images=1280, out="bench_f32.json", limit=120)],
         speedrun_seeds=(0,),
-        modern=[("modern.py:members=2,epochs=3,rot=10,zoom=0.1", []),
-                ("modern.py:members=2,epochs=3", [])],
-        book=("ensemble.py:members=2", ["--config.num_epochs=2"]),
+        train=[("book_ensemble", "ensemble.py:members=2", ["--config.num_epochs=2"]),
+               ("modern_1", "modern.py:members=2,epochs=3,rot=10,zoom=0.1", [])],
         overrides=["--config.train_size=256", "--config.plots=True"]),
 }
 
@@ -229,14 +230,8 @@ def main():
             return 1
         stage_bench(s, p)
         stage_speedrun(s, p)
-        modern = list(p["modern"])
-        exp, extra = modern.pop(0)
-        stage_train(s, "modern_1", exp, extra, p["overrides"], num_epochs(exp, extra))
-        exp, extra = p["book"]
-        stage_train(s, "book_ensemble", exp, extra, p["overrides"], num_epochs(exp, extra),
-                    margin=5)
-        for i, (exp, extra) in enumerate(modern, start=2):
-            stage_train(s, f"modern_{i}", exp, extra, p["overrides"], num_epochs(exp, extra))
+        for name, exp, extra in p["train"]:
+            stage_train(s, name, exp, extra, p["overrides"], num_epochs(exp, extra))
     finally:
         pack(s)
         s.say(f"done, {s.left():.0f} s of the budget left")

@@ -8,15 +8,16 @@ and of the softmax layer (network3's form: no rescaling in training, inputs scal
     python run.py --config=experiments/double_fc_dropout.py --workdir=runs/double_fc_dropout
     python run.py --config=experiments/double_fc_dropout.py:p=0.3 --workdir=runs/dfd_p03
 
-Not yet measured here: 40 epochs of 250,000 images (10 million) through 2 x 1000 FC
-units does not fit a 2-core CPU session.
+Measured on one NVIDIA H200 (third session, jax 0.11.2, seed 0): 99.58% (best validation
+99.61% at epoch 36), 10M images in 190 s. 40 epochs of 250,000 images through 2 x 1000
+FC units does not fit a 2-core CPU session.
 """
 
 from experiments import expanded_data
 from mnist_cnn.config import fc, parse_variant, softmax
 
 BOOK_ACCURACY = 99.60
-MEASURED = None
+MEASURED = 99.58
 
 
 def get_config(arg="p=0.5"):

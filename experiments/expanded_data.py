@@ -7,8 +7,9 @@ shifts, shuffled once). Book: n=100 99.37%, n=300 99.46%, n=1000 99.43%.
 
     python run.py --config=experiments/expanded_data.py:n=300 --workdir=runs/expanded_300
 
-Not yet measured here: 60 epochs of 250,000 images is 15 million images (about 2 hours
-on 2 CPU cores at the measured ~2,000-3,500 images/s).
+Measured on one NVIDIA H200 (third session, jax 0.11.2, `auto` conv = `xla` then): n=100
+99.47% (best validation 99.44% at epoch 60), 15M images in 220 s. n=300 and n=1000 are
+not measured yet: 15M images each, about 2 hours on 2 CPU cores.
 """
 
 from experiments import dbl_conv_relu
@@ -16,7 +17,7 @@ from mnist_cnn.config import fc, parse_variant, softmax
 
 BOOK = {100: 99.37, 300: 99.46, 1000: 99.43}
 BOOK_ACCURACY = BOOK[100]
-MEASURED = None
+MEASURED = 99.47   # n=100
 
 
 def get_config(arg="n=100"):

@@ -24,7 +24,8 @@ flags.DEFINE_multi_string("sweep", [], "FIELD=V1,V2,...: sweep a config field (r
                           "for a grid); each point is a full run in a subdirectory of "
                           "--workdir.")
 flags.DEFINE_bool("sweep_vmap", True, "Train a sweep's points together as one vmapped "
-                  "program when only seed, learning_rate, l2 and momentum vary.")
+                  "program when only seed, learning_rate, l2, momentum and "
+                  "layers[i].dropout vary.")
 flags.DEFINE_string("sweep_shard", None, "i/N: run only the points with index % N == i.")
 flags.DEFINE_bool("sweep_collect", False, "Build sweep.csv/.md/.png in --workdir from the "
                   "points every shard finished, without training.")

@@ -225,7 +225,8 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
         hp=None, seeds=None) -> dict:
     """Trains `config` in `workdir`, resuming from its newest checkpoint when there is one.
     Returns the summary. hp / seeds: a vmapped sweep's per-run hyperparameters
-    ({field: [value per run]}, fields from train.HYPER_FIELDS) and seeds, trained as
+    ({field: [value per run]}, fields from train.HYPER_FIELDS and layers[i].dropout:
+    train.is_hyper_field) and seeds, trained as
     one stacked program (mnist_cnn/sweep.py splits the results per run)."""
     t_start = time.perf_counter()
     model = build(config)
@@ -297,8 +298,8 @@ class Plan:
         self.config, self.model, self.ds = config, model, ds
         self.members = len(seeds) if seeds is not None else max(config.num_members,
                                                                 config.num_runs)
-        self.hp = None if not hp else {k: jax.numpy.asarray(v, jax.numpy.float32)
-                                       for k, v in hp.items()}
+        self.hp = None if not hp else train.traced_hp(hp)
+        self.keep = None if not hp else self.hp.get("keep")   # per-run dropout, for eval
         self.stacked = self.members > 1
         self.num_train = len(ds.train) * (5 if config.expand_data else 1)
         self.num_batches = train.steps_per_epoch(self.num_train, config.batch_size)
@@ -386,7 +387,7 @@ class Plan:
 
 def _evaluate(plan, state, images, labels):
     """(accuracy of the run or ensemble, per-member accuracies or None, predictions)."""
-    probs = np.asarray(plan.predict(state.params, images))
+    probs = np.asarray(plan.predict(state.params, images, plan.keep))
     labels = np.asarray(labels)
     if not plan.stacked:
         return train.accuracy(probs, labels), None, probs.argmax(-1)

@@ -186,20 +186,34 @@ def activation(name):
     return fns[name]
 
 
-def dropout(x, rate, key, train, mode="network3"):
+def dropout(x, rate, key, train, mode="network3", keep=None):
     """Dropout on a layer's inputs.
 
     network3 (the book's code): in training multiply by a Bernoulli(1-rate) mask with no
     rescaling; at evaluation scale by (1-rate), which equals scaling the weights by (1-rate).
     inverted: in training mask and divide by (1-rate); at evaluation the identity.
+    keep: the keep probability 1-rate as a float32 scalar, possibly traced, used instead
+    of `rate` (a vmapped sweep gives each run its own); a mask is always drawn, and keep
+    1 keeps every input. Given float32(1-rate) it draws the masks and scales exactly as
+    the Python float `rate` does.
     """
     if mode not in DROPOUT_MODES:
         raise ValueError(f"unknown dropout mode {mode!r}; choose one of {DROPOUT_MODES}")
-    if rate == 0.0:
-        return x
-    keep = 1.0 - rate
+    traced = keep is not None
+    if not traced:
+        if rate == 0.0:
+            return x
+        keep = scale = 1.0 - rate
+    else:
+        keep = jnp.asarray(keep, jnp.float32)
+        scale = keep.astype(x.dtype)
     if not train:
-        return x * keep if mode == "network3" else x
+        return x * scale if mode == "network3" else x
     mask = jax.random.bernoulli(key, keep, x.shape)
     y = jnp.where(mask, x, 0.0)
-    return y if mode == "network3" else y / keep
+    if mode == "network3":
+        return y
+    # XLA turns the division by a constant into a product with its reciprocal; a
+    # traced divisor is divided or not as fusion decides: the explicit reciprocal
+    # keeps both paths bit for bit the same.
+    return y * (1.0 / scale) if traced else y / scale

@@ -75,7 +75,9 @@ class Dense(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, keep=None):
+        """keep: this layer's dropout keep probability (1 - rate), possibly traced,
+        overriding `dropout` (see layers.dropout)."""
         x = x.reshape(x.shape[0], -1)
         if self.zero_init:
             w_init, b_init = nn.initializers.zeros, nn.initializers.zeros
@@ -84,15 +86,17 @@ class Dense(nn.Module):
             b_init = _bias_init(self.init_scheme)
         w = self.param("w", w_init, (x.shape[-1], self.features))
         b = self.param("b", b_init, (self.features,))
-        if self.dropout > 0:
+        if self.dropout > 0 or keep is not None:
             key = self.make_rng("dropout") if train else None
-            x = L.dropout(x, self.dropout, key, train, self.dropout_mode)
+            x = L.dropout(x, self.dropout, key, train, self.dropout_mode, keep)
         y = L.dense(x, w.astype(self.dtype), b.astype(self.dtype))
         return L.activation(self.activation)(y)
 
 
 class Network(nn.Module):
-    """A stack of layers described by config.layers; returns softmax logits (float32)."""
+    """A stack of layers described by config.layers; returns softmax logits (float32).
+    keep_probs: {layer index: keep probability} for fc / softmax layers, overriding the
+    layers' dropout rates with (possibly traced) values: a vmapped sweep's per-run rates."""
     layers: Sequence[dict]
     init_scheme: str = "network3"
     dropout_mode: str = "network3"
@@ -100,8 +104,9 @@ class Network(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool = False):
+    def __call__(self, x, train: bool = False, keep_probs=None):
         x = x.astype(self.dtype)
+        keep_probs = keep_probs or {}
         for i, spec in enumerate(self.layers):
             kind = spec["kind"]
             if kind == "conv_pool":
@@ -112,12 +117,12 @@ class Network(nn.Module):
             elif kind == "fc":
                 x = Dense(spec["features"], spec["activation"], spec["dropout"],
                           self.dropout_mode, self.init_scheme, dtype=self.dtype,
-                          name=f"layer{i}_fc")(x, train)
+                          name=f"layer{i}_fc")(x, train, keep_probs.get(i))
             elif kind == "softmax":
                 zero = self.init_scheme == "network3"
                 x = Dense(spec["features"], "linear", spec["dropout"], self.dropout_mode,
                           self.init_scheme, zero_init=zero, dtype=self.dtype,
-                          name=f"layer{i}_softmax")(x, train)
+                          name=f"layer{i}_softmax")(x, train, keep_probs.get(i))
             else:
                 raise ValueError(f"unknown layer kind {kind!r}")
         return x.astype(jnp.float32)

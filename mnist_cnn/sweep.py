@@ -226,13 +226,26 @@ def write_outputs(workdir: str, axes) -> tuple[int, int]:
 
 # ---- vmapped sweeps ----
 
-VMAP_FIELDS = ("seed", "learning_rate", "l2", "momentum")
+VMAP_FIELDS = ("seed", "learning_rate", "l2", "momentum")   # and layers[i].dropout
+
+
+def vmap_field(field: str) -> bool:
+    """A field a stacked program takes per run: VMAP_FIELDS, or a layer's dropout rate
+    (train.DROPOUT_FIELD; only fc and softmax layers have one)."""
+    from mnist_cnn import train
+    return field in VMAP_FIELDS or train.DROPOUT_FIELD.fullmatch(field) is not None
 
 
 def vmappable(axes, config) -> bool:
     """True when every swept field is a per-run number a stacked program can take
-    (seed, learning rate, l2, momentum): same architecture, batch size and data."""
-    return (all(f in VMAP_FIELDS for f, _ in axes) and config.num_members == 1
+    (seed, learning rate, l2, momentum, a layer's dropout rate): same architecture,
+    batch size and data. Dropout rates need config.grad=autodiff (the hand-written
+    backward pass of grad=manual takes its rates from the config): with grad=manual a
+    dropout sweep runs its points one by one."""
+    from mnist_cnn import train
+    if config.grad == "manual" and any(train.DROPOUT_FIELD.fullmatch(f) for f, _ in axes):
+        return False
+    return (all(vmap_field(f) for f, _ in axes) and config.num_members == 1
             and config.num_runs == 1 and len(points(axes)) > 1)
 
 
@@ -255,7 +268,7 @@ def run_vmapped(config, workdir: str, axes, indices, overwrite=False, progress=N
         log(f"all {len(indices)} point(s) already finished")
         return
     hp = {f: [float(grid[i][f]) for i in pending] for f, _ in axes
-          if f in train.HYPER_FIELDS}
+          if train.is_hyper_field(f)}
     seeds = [int(grid[i].get("seed", config.seed)) for i in pending]
     group = group_dir(workdir, pending)
     base = copy.deepcopy(config)

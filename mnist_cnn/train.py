@@ -7,6 +7,7 @@ is one jitted `lax.scan`; with chunk_steps >= steps per epoch, a whole epoch is 
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
 
@@ -99,9 +100,14 @@ def chunk_size(steps: int, target: int) -> int:
     return 1
 
 
-def loss_fn(params, model, images, labels, key, lmbda, num_batches, train=True):
-    """network3's cost: mean log-likelihood + 0.5*lmbda*sum(w**2)/num_batches."""
-    logits = model.apply({"params": params}, images, train=train, rngs={"dropout": key})
+def loss_fn(params, model, images, labels, key, lmbda, num_batches, train=True,
+            keep_probs=None):
+    """network3's cost: mean log-likelihood + 0.5*lmbda*sum(w**2)/num_batches.
+    keep_probs: per-layer dropout keep probabilities overriding the config's rates
+    (Network's argument; a vmapped sweep's)."""
+    kw = {} if keep_probs is None else dict(keep_probs=keep_probs)
+    logits = model.apply({"params": params}, images, train=train, rngs={"dropout": key},
+                         **kw)
     nll = losses.log_likelihood(logits, labels)
     return nll + losses.l2_penalty(params, lmbda, num_batches), nll
 
@@ -112,6 +118,33 @@ def shuffle_order(key, epoch, n):
 
 
 HYPER_FIELDS = ("learning_rate", "l2", "momentum")   # per-run values a step can take
+DROPOUT_FIELD = re.compile(r"layers\[(\d+)\]\.dropout")   # and each layer's dropout rate
+
+
+def is_hyper_field(field: str) -> bool:
+    """A per-run value a stacked step can take: HYPER_FIELDS or layers[i].dropout."""
+    return field in HYPER_FIELDS or DROPOUT_FIELD.fullmatch(field) is not None
+
+
+def traced_hp(hp: dict) -> dict:
+    """{field: [value per run]} (fields for which is_hyper_field holds) -> the arrays a
+    stacked step takes: HYPER_FIELDS as float32 arrays, and the dropout rates under
+    "keep" as {layer index: keep probabilities 1 - rate}. The keep probabilities are
+    computed here in float64 and rounded once, as a Python-float rate is, so a run's
+    masks and (1-p) scaling are bit for bit those of the same run with its rate in the
+    config."""
+    out, keep = {}, {}
+    for field, values in hp.items():
+        m = DROPOUT_FIELD.fullmatch(field)
+        if m:
+            keep[int(m.group(1))] = jnp.asarray([1.0 - float(v) for v in values], jnp.float32)
+        elif field in HYPER_FIELDS:
+            out[field] = jnp.asarray(values, jnp.float32)
+        else:
+            raise ValueError(f"{field} is not a per-run hyperparameter")
+    if keep:
+        out["keep"] = keep
+    return out
 
 
 def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
@@ -123,13 +156,15 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
     hp: this run's values of some HYPER_FIELDS (scalars, traced under a vmapped sweep),
     overriding the config's: l2 enters the cost, momentum the optimizer's trace, and the
     learning rate scales the updates of `tx` (built with config.learning_rate, so its
-    schedule's shape is kept)."""
+    schedule's shape is kept); under "keep", {layer index: dropout keep probability}
+    (see traced_hp) overriding those layers' rates (autodiff only)."""
     def step(state: TrainState, images, labels, hp=None):
         hp = hp or {}
         key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, lax.axis_index(axis_name))
-        grads, (loss, nll) = _grad(state.params, images, labels, key, hp.get("l2", lmbda))
+        grads, (loss, nll) = _grad(state.params, images, labels, key, hp.get("l2", lmbda),
+                                   hp.get("keep"))
         if axis_name is not None:
             grads, loss, nll = lax.pmean((grads, loss, nll), axis_name)
         opt = tx if "momentum" not in hp else make_optimizer(config, num_batches,
@@ -143,7 +178,10 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
 
     manual = config is not None and config.get("grad", "autodiff") == "manual"
 
-    def _grad(params, images, labels, key, l2):
+    def _grad(params, images, labels, key, l2, keep):
+        if manual and keep is not None:
+            raise ValueError("config.grad=manual takes dropout rates from config.layers "
+                             "only; a sweep over them runs its points one by one")
         if manual:   # the chapter's problem solved by hand (mnist_cnn/backprop.py)
             loss, nll, grads = backprop.network_grads(
                 params, model.layers, images, labels, l2, num_batches,
@@ -151,7 +189,7 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
                 dropout_key=key, with_nll=True)
             return grads, (loss, nll)
         (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model, images, labels, key, l2, num_batches)
+            params, model, images, labels, key, l2, num_batches, True, keep)
         return grads, (loss, nll)
 
     return step
@@ -215,19 +253,25 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
 
 
 def make_predict(model, eval_batch_size: int, stacked: bool = False):
-    """Returns jitted predict(params, images_u8) -> softmax probabilities (N, 10), or
-    (members, N, 10) for stacked params; evaluated in batches of eval_batch_size."""
+    """Returns jitted predict(params, images_u8, keep=None) -> softmax probabilities
+    (N, 10), or (members, N, 10) for stacked params; evaluated in batches of
+    eval_batch_size. keep: a vmapped sweep's dropout keep probabilities (traced_hp's
+    "keep", one per member), for network3's (1-p) scaling at evaluation."""
 
-    def probs(params, images):
+    def probs(params, images, keep=None):
         n = images.shape[0]
         bs = min(eval_batch_size, n)
         pad = (-n) % bs
         xs = jnp.pad(images, ((0, pad), (0, 0), (0, 0))).reshape(-1, bs, *images.shape[1:])
+        kw = {} if keep is None else dict(keep_probs=keep)
         batch = lambda x: jax.nn.softmax(
-            model.apply({"params": params}, data.to_float(x), train=False))
+            model.apply({"params": params}, data.to_float(x), train=False, **kw))
         return lax.map(batch, xs).reshape(-1, 10)[:n]
 
-    return jax.jit(jax.vmap(probs, in_axes=(0, None)) if stacked else probs)
+    if not stacked:
+        return jax.jit(probs)
+    return jax.jit(lambda params, images, keep=None: jax.vmap(probs, in_axes=(0, None, 0))(
+        params, images, keep))
 
 
 def accuracy(probabilities, labels) -> float:

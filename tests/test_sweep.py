@@ -175,3 +175,167 @@ def test_vmapped_sweep_reports_like_sequential_sweep(tmp_path, mnist_dir):
             assert abs(a["validation_accuracy"] - b["validation_accuracy"]) <= 0.002
     again = run(*args, f"--workdir={tmp_path / 'v'}")      # resumable: nothing left to do
     assert again.returncode == 0 and "already finished" in again.stdout
+
+
+# ---- dropout rates as vmapped fields ----
+
+@pytest.mark.parametrize("mode", ["network3", "inverted"])
+@pytest.mark.parametrize("rate", [0.0, 0.058, 0.2, 0.5, 0.9])
+def test_traced_keep_probability_is_the_static_rate_bit_for_bit(mode, rate):
+    """layers.dropout with a traced keep probability from train.traced_hp draws the same
+    mask and scales the same as the Python-float rate (0.058: float32 1 - p would be
+    one ulp off float32(1 - p); traced_hp rounds once, as the static path does)."""
+    import jax
+    import numpy as np
+
+    from mnist_cnn import layers, train
+
+    x = jax.random.normal(jax.random.PRNGKey(3), (16, 50))
+    key = jax.random.PRNGKey(4)
+    keep = train.traced_hp({"layers[1].dropout": [rate]})["keep"][1][0]
+    for is_train in (True, False):
+        static = layers.dropout(x, rate, key, is_train, mode)
+        static_jit = jax.jit(lambda: layers.dropout(x, rate, key, is_train, mode))()
+        traced = jax.jit(lambda k: layers.dropout(x, 0.0, key, is_train, mode, keep=k))(keep)
+        np.testing.assert_array_equal(np.asarray(static_jit), np.asarray(static))
+        np.testing.assert_array_equal(np.asarray(traced), np.asarray(static))
+
+
+def _train_dropout_sweep(mode, rates, epochs=2, n=40):
+    """Trains len(rates[k]) runs stacked (vmapped), run j with layers[k].dropout =
+    rates[k][j] for each swept layer k, and each run alone with its rates in the config.
+    Returns [(stacked params j, stacked probabilities j, alone params, alone probabilities)]."""
+    import jax
+    import numpy as np
+
+    from mnist_cnn import networks, train
+    from tests.test_train import fake_data, tiny_config
+
+    def config(rate_of):
+        c = tiny_config(shuffle=True, num_epochs=epochs, dropout_mode=mode)
+        for k, r in rate_of.items():
+            c.layers[k].dropout = r
+        return c
+
+    runs = len(next(iter(rates.values())))
+    x, y = fake_data(n)
+    vx, _ = fake_data(30, seed=7)
+    base = config({k: 0.0 for k in rates})      # the group's config: rates come traced
+    nb = train.steps_per_epoch(n, base.batch_size)
+    model = networks.from_config(base)
+    tx = train.make_optimizer(base, nb)
+    state = train.init_states(model, tx, 0, runs, seeds=[0] * runs)
+    hp = train.traced_hp({f"layers[{k}].dropout": v for k, v in rates.items()})
+    chunk = train.make_train_chunk(model, tx, base, nb, stacked=True)
+    for epoch in range(epochs):
+        order = train.epoch_order(state.key, epoch, n, True)
+        state, _, _ = chunk(state, x, y, order, 0, num_steps=nb, hp=hp)
+    probs = np.asarray(train.make_predict(model, 20, stacked=True)(state.params, vx,
+                                                                   hp["keep"]))
+    out = []
+    for j in range(runs):
+        c = config({k: v[j] for k, v in rates.items()})
+        alone_model = networks.from_config(c)
+        alone_tx = train.make_optimizer(c, nb)
+        alone = train.init_state(alone_model, alone_tx, 0)
+        one = train.make_train_chunk(alone_model, alone_tx, c, nb)
+        for epoch in range(epochs):
+            alone, _, _ = one(alone, x, y, train.shuffle_order(alone.key, epoch, n), 0,
+                              num_steps=nb)
+        alone_probs = np.asarray(train.make_predict(alone_model, 20)(alone.params, vx))
+        out.append((jax.tree.map(lambda a: np.asarray(a)[j], state.params), probs[j],
+                    jax.tree.map(np.asarray, alone.params), alone_probs))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["network3", "inverted"])
+def test_vmapped_dropout_rates_equal_separate_runs(mode):
+    """Per-run dropout rates on two layers (the fc layer and the softmax layer's inputs),
+    0 included (that run's layer draws an all-ones mask where the run alone has no
+    dropout at all): each stacked run's parameters and evaluation (network3's (1-p)
+    scaling) equal its own sequential run's; runs with different rates differ."""
+    import jax
+    import numpy as np
+
+    rates = {1: [0.0, 0.2, 0.5], 2: [0.3, 0.0, 0.25]}
+    results = _train_dropout_sweep(mode, rates)
+    for got_params, got_probs, want_params, want_probs in results:
+        for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(got_probs, want_probs, rtol=2e-5, atol=2e-6)
+    for j in range(1, len(results)):    # the rate is not ignored: the runs differ
+        w0, wj = (jax.tree.leaves(results[i][2]) for i in (0, j))
+        assert max(float(np.max(np.abs(a - b))) for a, b in zip(w0, wj)) > 1e-3
+        assert np.max(np.abs(results[0][3] - results[j][3])) > 1e-3
+
+
+def test_network3_evaluation_scales_by_each_runs_keep_probability():
+    """The same parameters evaluated with keep probabilities 1 and 0.5 in network3 mode
+    differ (its inputs are scaled by 1-p at evaluation) and equal the static models';
+    in inverted mode evaluation ignores the rate."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mnist_cnn import networks, train
+    from tests.test_train import fake_data, tiny_config
+
+    x, _ = fake_data(10)
+    for mode in ("network3", "inverted"):
+        c = tiny_config(dropout_mode=mode)
+        c.layers[1].dropout = 0.0
+        model = networks.from_config(c)
+        params = networks.init_params(model, jax.random.PRNGKey(0))
+        stacked = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+        keep = train.traced_hp({"layers[1].dropout": [0.0, 0.5]})["keep"]
+        got = np.asarray(train.make_predict(model, 5, stacked=True)(stacked, x, keep))
+        for j, rate in enumerate((0.0, 0.5)):
+            c.layers[1].dropout = rate
+            want = train.make_predict(networks.from_config(c), 5)(params, x)
+            np.testing.assert_allclose(got[j], want, rtol=1e-6, atol=1e-7)
+        assert (np.max(np.abs(got[0] - got[1])) > 1e-3) == (mode == "network3")
+
+
+def test_dropout_sweeps_are_vmappable_with_autodiff_only():
+    from mnist_cnn import data, networks, train
+    from tests.test_train import fake_data, tiny_config
+
+    c = dbl_conv_relu.get_config()
+    axes = sweep.parse(["layers[3].dropout=0.0,0.5", "learning_rate=0.01,0.1"], c)
+    assert sweep.vmappable(axes, c)
+    assert sweep.vmappable(sweep.parse(["layers[2].dropout=0.1,0.5"], c), c)
+    with c.unlocked():
+        c.grad = "manual"
+    assert not sweep.vmappable(axes, c)          # falls back to one run per point
+    assert sweep.vmappable(sweep.parse(["learning_rate=0.01,0.1"], c), c)
+    assert not sweep.vmappable(sweep.parse(["layers[2].features=10,20"], c), c)
+    # and the manual step refuses per-run rates rather than ignoring them
+    tc = tiny_config(grad="manual")
+    model = networks.from_config(tc)
+    tx = train.make_optimizer(tc, 10)
+    step = train.make_train_step(model, tx, tc.l2, 10, config=tc)
+    x, y = fake_data(4)
+    with pytest.raises(ValueError, match="grad=manual"):
+        step(train.init_state(model, tx, 0), data.to_float(x), y, {"keep": {1: 0.5}})
+
+
+def test_vmapped_dropout_sweep_reports_like_sequential_sweep(tmp_path, mnist_dir):
+    args = [*QUICK, "--config.num_epochs=2", "--sweep=layers[2].dropout=0.0,0.5"]
+    together = run(*args, f"--workdir={tmp_path / 'v'}")
+    apart = run(*args, f"--workdir={tmp_path / 's'}", "--nosweep_vmap")
+    assert together.returncode == 0 and apart.returncode == 0, (together.stderr, apart.stderr)
+    assert "together (vmapped)" in together.stdout
+    assert "together (vmapped)" not in apart.stdout
+    rows_v = {r["dir"]: r for r in _rows(tmp_path / "v" / "sweep.csv")}
+    rows_s = {r["dir"]: r for r in _rows(tmp_path / "s" / "sweep.csv")}
+    assert rows_v.keys() == rows_s.keys() and len(rows_v) == 2
+    losses = {}
+    for d in rows_v:
+        mv = [json.loads(l) for l in (tmp_path / "v" / d / "metrics.jsonl").read_text().splitlines()]
+        ms = [json.loads(l) for l in (tmp_path / "s" / d / "metrics.jsonl").read_text().splitlines()]
+        for a, b in zip(mv, ms):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+            assert abs(a["validation_accuracy"] - b["validation_accuracy"]) <= 0.002
+            assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.002
+        losses[d] = mv[-1]["train_loss"]
+    assert len(set(losses.values())) == 2           # the two rates trained differently

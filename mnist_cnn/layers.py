@@ -44,15 +44,26 @@ def _explicit_padding(padding, kernel, stride, in_hw):
     return tuple(_pair(p, "padding") for p in padding)
 
 
-def default_conv_impl(backend: str | None = None) -> str:
-    """The faster convolution for a backend, as measured by benchmarks/conv_impl.py.
+GPU_PATCHES_BELOW = 512   # images per conv call; see default_conv_impl
 
-    On CPU the shifted-slices + one matmul form trains ~8x faster than XLA's
-    convolution and compiles ~6x sooner (BENCHMARKS.md). On GPU/TPU XLA's convolution
-    maps onto cuDNN / the MXU and is the default.
+
+def default_conv_impl(backend: str | None = None, batch: int | None = None) -> str:
+    """The faster convolution for a backend (and a batch of `batch` images), as measured
+    by `run.py --mode=benchmark` (BENCHMARKS.md).
+
+    CPU: the shifted-slices + one matmul form (`patches`) trains ~8x faster than XLA's
+    convolution and compiles ~6x sooner. GPU (an H200, dbl_conv_relu): `patches` trains
+    2.4x faster than XLA's cuDNN convolution at mini-batch 10 and 1.2x at 128, XLA's is
+    1.16x faster at 1024 and in evaluation, so below GPU_PATCHES_BELOW images per call
+    (the crossover lies between 128 and 1024) it is `patches`, from there on `xla`.
+    Other backends (TPU): `xla`, which maps onto the MXU.
     """
     backend = backend or jax.default_backend()
-    return "patches" if backend == "cpu" else "xla"
+    if backend == "cpu":
+        return "patches"
+    if backend in ("gpu", "cuda", "rocm") and batch is not None and batch < GPU_PATCHES_BELOW:
+        return "patches"
+    return "xla"
 
 
 def extract_patches(x, kernel, stride=1):
@@ -82,7 +93,7 @@ def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
     stride = _pair(stride, "stride")
     pads = _explicit_padding(padding, (kh, kw), stride, x.shape[1:3])
     if impl == "auto":
-        impl = default_conv_impl()
+        impl = default_conv_impl(batch=x.shape[0])
     if impl == "xla":
         y = lax.conv_general_dilated(x, w, stride, pads,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -188,4 +188,9 @@ def test_dropout_inverted_form():
 
 def test_default_conv_impl_per_backend():
     assert L.default_conv_impl("cpu") == "patches"
+    assert L.default_conv_impl("cpu", batch=4096) == "patches"
     assert L.default_conv_impl("gpu") == "xla"
+    assert L.default_conv_impl("gpu", batch=10) == "patches"
+    assert L.default_conv_impl("gpu", batch=128) == "patches"
+    assert L.default_conv_impl("gpu", batch=1024) == "xla"
+    assert L.default_conv_impl("tpu", batch=10) == "xla"

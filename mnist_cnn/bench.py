@@ -246,3 +246,17 @@ def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
                 matmul_gflop_s_after=round(after, 1), images_per_rep=images,
                 repeats=repeats, rows=rows,
                 table=markdown(rows, env, (before, after), name))
+
+
+def _main():
+    """`python -m mnist_cnn.bench FLAGS`: `python run.py --mode=benchmark FLAGS`, the
+    same flags, errors and outputs."""
+    import runpy
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")
+    sys.argv = [script, "--mode=benchmark", *sys.argv[1:]]
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    _main()

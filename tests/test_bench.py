@@ -35,6 +35,23 @@ def test_benchmark_writes_table_and_json(tmp_path):
     assert "| 16 | patches | bfloat16 | 1 |" in proc.stdout
 
 
+def test_python_m_mnist_cnn_bench_is_the_benchmark_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from tests.test_run import ROOT
+    out = tmp_path / "b.json"
+    proc = subprocess.run([sys.executable, "-m", "mnist_cnn.bench", *QUICK, "--batch_sizes=8",
+                           "--conv_impls=patches", f"--benchmark_out={out}"], cwd=ROOT,
+                          env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["batch_size"] for r in json.loads(out.read_text())["rows"]] == [8]
+    assert "| 8 | patches | float32 | 1 |" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "mnist_cnn.bench", *QUICK, "--dtypes=float8"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert_user_error(bad, "dtype")
+
+
 def test_model_flops_by_hand_for_the_books_network():
     """Hand count for dbl_conv_relu: conv 20 (24x24 outputs, 5x5x1), conv 40 (8x8, 5x5x20),
     FC 640->100, softmax 100->10."""

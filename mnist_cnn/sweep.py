@@ -226,14 +226,11 @@ def write_outputs(workdir: str, axes) -> tuple[int, int]:
 
 # ---- vmapped sweeps ----
 
-VMAP_FIELDS = ("seed", "learning_rate", "l2", "momentum")   # and layers[i].dropout
-
-
 def vmap_field(field: str) -> bool:
-    """A field a stacked program takes per run: VMAP_FIELDS, or a layer's dropout rate
-    (train.DROPOUT_FIELD; only fc and softmax layers have one)."""
+    """A field a stacked program takes per run: the seed, or train.is_hyper_field
+    (learning_rate, l2, momentum, a layer's dropout rate)."""
     from mnist_cnn import train
-    return field in VMAP_FIELDS or train.DROPOUT_FIELD.fullmatch(field) is not None
+    return field == "seed" or train.is_hyper_field(field)
 
 
 def vmappable(axes, config) -> bool:

@@ -194,3 +194,31 @@ def test_default_conv_impl_per_backend():
     assert L.default_conv_impl("gpu", batch=128) == "patches"
     assert L.default_conv_impl("gpu", batch=1024) == "xla"
     assert L.default_conv_impl("tpu", batch=10) == "xla"
+
+
+@pytest.mark.parametrize("window", [2, 3, (2, 3)])
+def test_max_pool_gradient_is_jax_max_reduction_rule(window):
+    """max_pool's hand-fused gradient equals autodiff of a plain jnp.max over the
+    window blocks (JAX's rule: ties share the error equally), with many exact ties,
+    jitted and vmapped, and its own gradient (second order) too."""
+    kh, kw = window if isinstance(window, tuple) else (window, window)
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(np.round(rng.normal(size=(3, 2, 7, 8, 3))), jnp.float32)
+    x = x.at[0, 0, :4, :4, 0].set(2.0)                          # a block of exact ties
+    weights = jnp.asarray(rng.normal(size=(2, 7 // kh, 8 // kw, 3)), jnp.float32)
+
+    def reference(x):
+        n, h, w, c = x.shape
+        ho, wo = h // kh, w // kw
+        blocks = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, c)
+        return jnp.max(blocks, axis=(2, 4))
+
+    loss = lambda pool, x: jnp.sum(pool(x) * weights)
+    ours = jax.jit(jax.vmap(jax.grad(lambda x: loss(lambda v: L.max_pool(v, window), x))))(x)
+    ref = jax.vmap(jax.grad(lambda x: loss(reference, x)))(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(ref[0, 0, :4, :4, 0]).max()) > 0        # the ties got a share
+    np.testing.assert_allclose(L.max_pool(x[0], window), reference(x[0]))
+    hvp = lambda pool: jax.grad(lambda x: jnp.sum(jax.grad(lambda v: loss(pool, v))(x) * x))
+    np.testing.assert_allclose(hvp(lambda v: L.max_pool(v, window))(x[1]), hvp(reference)(x[1]),
+                               atol=1e-6)

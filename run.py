@@ -35,6 +35,8 @@ flags.DEFINE_list("batch_sizes", ["10", "128"], "benchmark: mini-batch sizes.")
 flags.DEFINE_list("conv_impls", ["patches", "xla"], "benchmark: conv implementations.")
 flags.DEFINE_list("dtypes", ["float32"], "benchmark: float32 and/or bfloat16.")
 flags.DEFINE_list("device_counts", ["1"], "benchmark: device counts (pmap when > 1).")
+flags.DEFINE_list("micro_batches", ["0"], "benchmark: config.micro_batch values (0: auto, "
+                  "N: gradient passes of N images, >= the batch: whole).")
 flags.DEFINE_integer("bench_images", 10_000, "benchmark: training images per timed call.")
 flags.DEFINE_integer("repeats", 3, "benchmark: timed repetitions after one warm-up.")
 flags.DEFINE_float("peak_tflops", None, "benchmark: the device's peak TFLOP/s, for the "

@@ -12,7 +12,7 @@ Both sides: conv 20 (5x5) -> 2x2 max-pool -> ReLU -> conv 40 (5x5) -> max-pool -
 L2 term (lambda 0.1), float32, the training images already in memory as uint8 and
 scaled per mini-batch. PyTorch runs an eager loop (its idiomatic training loop) with
 torch.set_num_threads(os.cpu_count()); this project runs its jitted `lax.scan` chunk
-(bench.measure, conv 'patches'). Each timing: one warm-up pass, then the median of
+(bench.measure, conv 'patches', micro_batch auto: slices of 64 from mini-batch 128 on a CPU). Each timing: one warm-up pass, then the median of
 --repeats passes over --images images. The f32 matmul ceiling (jitted 2048^2 matmul)
 is measured in the same run, before and after.
 """
@@ -89,7 +89,8 @@ def main(argv):
     for bs in map(int, FLAGS.batch_sizes):
         ours = bench.measure(base, bs, "patches", "float32", 1, FLAGS.images, FLAGS.repeats)
         theirs, theirs_all = torch_rate(bs, FLAGS.images, FLAGS.repeats)
-        rows.append(dict(batch_size=bs, jax_images_per_s=ours["train_images_per_s"],
+        rows.append(dict(batch_size=bs, micro_batch=ours["micro_batch"],
+                         jax_images_per_s=ours["train_images_per_s"],
                          jax_min=ours["train_images_per_s_min"],
                          jax_max=ours["train_images_per_s_max"],
                          torch_images_per_s=round(theirs, 1),

@@ -25,6 +25,7 @@ the benchmark runs without MNIST.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import platform
 import statistics
@@ -127,9 +128,11 @@ def timed(fn, repeats) -> list[float]:
     return times
 
 
-def point_config(base, batch_size: int, conv_impl: str, dtype: str, devices: int):
+def point_config(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
+                 micro_batch: int = 0):
     c = copy.deepcopy(base)
     c.batch_size, c.conv_impl, c.dtype = batch_size, conv_impl, dtype
+    c.micro_batch = micro_batch
     c.num_devices = devices
     c.parallel = "pmap" if devices > 1 else "none"
     c.num_members, c.num_runs, c.shuffle = 1, 1, False
@@ -139,10 +142,10 @@ def point_config(base, batch_size: int, conv_impl: str, dtype: str, devices: int
 
 
 def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
-            images: int, repeats: int) -> dict:
+            images: int, repeats: int, micro_batch: int = 0) -> dict:
     """One point of the sweep. Raises parallel.ParallelError / ConfigError for a point
     the machine or the config cannot run."""
-    c = point_config(base, batch_size, conv_impl, dtype, devices)
+    c = point_config(base, batch_size, conv_impl, dtype, devices, micro_batch)
     steps = max(1, images // batch_size)
     model = networks.from_config(c)
     tx = train.make_optimizer(c, steps)
@@ -175,7 +178,9 @@ def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
     train_times = timed(run_chunk, repeats)
     rates = [steps * batch_size / t for t in train_times]
     median = statistics.median(rates)
+    micro = train.micro_batch_size(c.micro_batch, batch_size // devices)
     return dict(batch_size=batch_size, conv_impl=conv_impl, dtype=dtype, devices=devices,
+                micro_batch=micro,
                 images_per_rep=steps * batch_size, compile_s=round(compile_s, 2),
                 train_images_per_s=round(median, 1),
                 train_images_per_s_min=round(min(rates), 1),
@@ -207,14 +212,14 @@ def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
     head = (f"{name} on {env['device_kind']} ({env['cpu']}, {env['cores']} cores; "
             f"{env['device_count']} device(s)), jax {env['jax']}; 2048^2 f32 matmul "
             f"{ceiling[0]:.1f} GFLOP/s before, {ceiling[1]:.1f} after\n\n")
-    lines = ["| batch | conv | dtype | devices | compile s | train images/s median [min, max] "
+    lines = ["| batch | micro-batch | conv | dtype | devices | compile s | train images/s median [min, max] "
              "| eval images/s | MFLOP/image (XLA's count) | GFLOP/s | of matmul ceiling "
              "| of peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{100 * r['fraction_of_peak']:.2f}%" if r["fraction_of_peak"] else "-"
         lines.append(
-            f"| {r['batch_size']} | {r['conv_impl']} | {r['dtype']} | {r['devices']} | "
+            f"| {r['batch_size']} | {r['micro_batch']} | {r['conv_impl']} | {r['dtype']} | {r['devices']} | "
             f"{r['compile_s']:.1f} | {r['train_images_per_s']:,.0f} "
             f"[{r['train_images_per_s_min']:,.0f}, {r['train_images_per_s_max']:,.0f}] | "
             f"{r['eval_images_per_s']:,.0f} | {r['model_flops_per_image'] / 1e6:.2f} "
@@ -225,7 +230,7 @@ def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
 
 
 def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
-          peak_tflops=None, log=print) -> dict:
+          peak_tflops=None, log=print, micro_batches=(0,)) -> dict:
     """Every point of the sweep; returns the benchmark.json content (with 'table')."""
     env = environment()
     before = matmul_ceiling()
@@ -233,10 +238,11 @@ def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
     for devices in device_counts:
         for bs in batch_sizes:
             for impl in conv_impls:
-                for dtype in dtypes:
-                    rows.append(measure(base, bs, impl, dtype, devices, images, repeats))
+                for dtype, mb in itertools.product(dtypes, micro_batches):
+                    rows.append(measure(base, bs, impl, dtype, devices, images, repeats, mb))
                     r = rows[-1]
-                    log(f"  batch {bs}, {impl}, {dtype}, {devices} device(s): "
+                    log(f"  batch {bs} (micro {r['micro_batch']}), {impl}, {dtype}, "
+                        f"{devices} device(s): "
                         f"{r['train_images_per_s']:,.0f} train images/s, compile "
                         f"{r['compile_s']:.1f} s")
     after = matmul_ceiling()

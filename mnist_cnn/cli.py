@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import itertools
 import os
 import sys
 
@@ -85,17 +86,19 @@ def benchmark(flags) -> int:
     try:
         batch_sizes = _ints("batch_sizes", flags.batch_sizes, 1)
         device_counts = _ints("device_counts", flags.device_counts, 1)
+        micro_batches = _ints("micro_batches", flags.micro_batches, 0)
         if flags.bench_images < 1 or flags.repeats < 1:
             raise config_lib.ConfigError("--bench_images and --repeats must be positive")
         for bs in batch_sizes:   # every point checked before the first one is timed
             for impl in flags.conv_impls:
                 for dtype in flags.dtypes:
-                    for d in device_counts:
-                        c = bench.point_config(flags.config, bs, impl, dtype, d)
+                    for d, mb in itertools.product(device_counts, micro_batches):
+                        c = bench.point_config(flags.config, bs, impl, dtype, d, mb)
                         parallel.setup(c, 1)
         result = bench.sweep(flags.config, batch_sizes, flags.conv_impls, flags.dtypes,
                              device_counts, flags.bench_images, flags.repeats,
-                             flags.peak_tflops, log=lambda m: print(m, file=sys.stderr))
+                             flags.peak_tflops, log=lambda m: print(m, file=sys.stderr),
+                             micro_batches=micro_batches)
     except (config_lib.ConfigError, parallel.ParallelError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

@@ -87,6 +87,8 @@ def base_config():
     c.num_devices = 0           # local devices to use; 0: all
     c.dtype = "float32"
     c.grad = "autodiff"         # autodiff (jax.grad) | manual (mnist_cnn/backprop.py)
+    c.micro_batch = 0           # gradient pass size: 0 auto (CPU: slices of 32-64), N
+                                # slices of N, >= batch_size the whole (train.micro_batch_size)
     c.eval_batch_size = 200     # fastest measured on a 2-core CPU (100-500 are close)
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
@@ -112,7 +114,7 @@ def validate(c):
     """Raises ConfigError with a one-line message naming the first bad field."""
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
                   "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
-                  "num_members", "num_runs", "num_devices"):
+                  "num_members", "num_runs", "num_devices", "micro_batch"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
@@ -121,6 +123,11 @@ def validate(c):
     _check(c.batch_size <= c.train_size, f"config.batch_size ({c.batch_size}) exceeds "
            f"config.train_size ({c.train_size})")
     _check(c.eval_batch_size > 0, "config.eval_batch_size must be positive")
+    _check(c.micro_batch >= 0, f"config.micro_batch must be >= 0 (0: auto), got {c.micro_batch}")
+    _check(c.micro_batch == 0 or c.micro_batch >= c.batch_size
+           or c.batch_size % c.micro_batch == 0,
+           f"config.micro_batch ({c.micro_batch}) must divide config.batch_size "
+           f"({c.batch_size}), or be 0 (auto) or >= the batch size (whole)")
     _check(c.chunk_steps > 0, "config.chunk_steps must be positive")
     _check(c.checkpoint_every_steps >= 0,
            "config.checkpoint_every_steps must be >= 0 (0: at the end of each epoch only)")

@@ -195,3 +195,44 @@ def test_compiled_init_equals_the_eager_init_bit_for_bit(init):
     for a, b, s in zip(eager, jax.tree.leaves(compiled), jax.tree.leaves(stacked)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, s[1])
+
+
+@pytest.mark.parametrize("micro", [2, 4])
+def test_micro_batches_give_the_whole_mini_batch_sgd_step(micro):
+    """A mini-batch of 8 as micro-batches of 2 or 4, accumulated in a scan: the same
+    update as SGD on the whole batch's cost (computed here directly by jax.grad)."""
+    c = tiny_config(batch_size=8, micro_batch=micro)
+    c.layers[1].dropout = 0.0
+    config_lib.validate(c)
+    x, y = fake_data(8, seed=3)
+    model, tx, state = setup(c, num_batches=10)
+    step = jax.jit(train.make_train_step(model, tx, c.l2, 10, config=c))
+    new, (loss, nll) = step(state, data.to_float(x), y)
+
+    def cost(params):
+        logits = model.apply({"params": params}, data.to_float(x))
+        n = losses.log_likelihood(logits, y)
+        return n + losses.l2_penalty(params, c.l2, 10), n
+
+    (want_loss, want_nll), g = jax.value_and_grad(cost, has_aux=True)(state.params)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    np.testing.assert_allclose(nll, want_nll, rtol=1e-5)
+    for path, p in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        np.testing.assert_allclose(_get(new.params, path), p - c.learning_rate * _get(g, path),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batch_size_auto_and_explicit():
+    size = train.micro_batch_size
+    assert [size(0, b, "cpu") for b in (10, 64, 100, 128, 256, 97)] == [10, 64, 50, 64, 64, 97]
+    assert size(0, 128, "gpu") == 128 and size(0, 1024, "tpu") == 1024
+    assert size(32, 128, "gpu") == 32 and size(128, 128) == 128 and size(500, 128) == 128
+    with pytest.raises(ValueError, match="micro_batch \\(48\\) must divide"):
+        size(48, 128)
+
+
+@pytest.mark.parametrize("micro,msg", [(-1, "must be >= 0"), (48, "must divide config.batch_size")])
+def test_bad_micro_batch_is_a_config_error(micro, msg):
+    c = tiny_config(batch_size=128, micro_batch=micro)
+    with pytest.raises(config_lib.ConfigError, match=msg):
+        config_lib.validate(c)

@@ -12,7 +12,8 @@ Both sides: conv 20 (5x5) -> 2x2 max-pool -> ReLU -> conv 40 (5x5) -> max-pool -
 L2 term (lambda 0.1), float32, the training images already in memory as uint8 and
 scaled per mini-batch. PyTorch runs an eager loop (its idiomatic training loop) with
 torch.set_num_threads(os.cpu_count()); this project runs its jitted `lax.scan` chunk
-(bench.measure, conv 'patches', micro_batch auto: slices of 64 from mini-batch 128 on a CPU). Each timing: one warm-up pass, then the median of
+(bench.measure, conv 'patches', config.micro_batch auto: on a CPU a mini-batch of 128
+is two gradient passes of 64). Each timing: one warm-up pass, then the median of
 --repeats passes over --images images. The f32 matmul ceiling (jitted 2048^2 matmul)
 is measured in the same run, before and after.
 """

@@ -110,7 +110,11 @@ def model_flops(layers, image_hw=(28, 28), channels=1) -> tuple[float, float]:
 
 
 def step_flops(model, tx, c, state, x, y) -> float:
-    """FLOPs of one training step by XLA's cost analysis of the compiled step."""
+    """FLOPs of one training step by XLA's cost analysis of the compiled step, taken
+    with the whole mini-batch in one gradient pass: the analysis counts a loop's body
+    once, so a micro-batched step would show 1/k of its work."""
+    c = copy.deepcopy(c)
+    c.micro_batch = x.shape[0]
     step = train.make_train_step(model, tx, c.l2, 1, config=c)
     cost = jax.jit(step).lower(state, data.to_float(x), y).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

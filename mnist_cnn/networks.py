@@ -136,3 +136,34 @@ def from_config(config) -> Network:
 
 def init_params(model: Network, key, image_shape=(28, 28, 1)):
     return model.init({"params": key}, jnp.zeros((1, *image_shape), jnp.float32))["params"]
+
+
+def model_flops(layers, image_hw=(28, 28), channels=1) -> tuple[float, float]:
+    """(forward, training) FLOPs per image of a config's layers, counted from the layer
+    shapes alone (independent of the convolution implementation): a conv layer costs
+    2*Ho*Wo*kh*kw*Cin*Cout, an FC or softmax layer 2*in*out; pooling, activations and
+    biases are not counted. Training = forward + the backward pass's two products per
+    layer (input and weight gradients), less the first layer's input gradient, which no
+    one needs: 3*forward - first layer. For the book's dbl_conv_relu: 9.22 MFLOP."""
+    h, w = image_hw
+    c = channels
+    costs = []
+    for spec in layers:
+        if spec["kind"] == "conv_pool":
+            kh, kw = L._pair(spec["kernel"], "kernel")
+            stride = L._pair(spec["stride"], "stride")
+            (pt, pb), (pl, pr) = L._explicit_padding(spec["padding"], (kh, kw), stride, (h, w))
+            h = (h + pt + pb - kh) // stride[0] + 1
+            w = (w + pl + pr - kw) // stride[1] + 1
+            costs.append(2.0 * h * w * kh * kw * c * spec["features"])
+            c = spec["features"]
+            if spec["pool"] != "none":
+                ph, pw = L._pair(spec["pool_window"], "pool_window")
+                sh, sw = (ph, pw) if not spec["pool_stride"] else L._pair(spec["pool_stride"],
+                                                                          "pool_stride")
+                h, w = (h - ph) // sh + 1, (w - pw) // sw + 1
+        else:
+            costs.append(2.0 * h * w * c * spec["features"])
+            h, w, c = 1, 1, spec["features"]
+    forward = sum(costs)
+    return forward, 3 * forward - (costs[0] if costs else 0.0)

@@ -147,19 +147,23 @@ def traced_hp(hp: dict) -> dict:
     return out
 
 
-CPU_MICRO_BATCH = (32, 64)   # auto micro-batch sizes on a CPU, see micro_batch_size
+CPU_SLICE_FLOPS = 8e8   # auto micro-batching on a CPU: at most this much work a pass
+CPU_MIN_SLICE = 32      # ... in slices of at least this many images
 
 
-def micro_batch_size(requested: int, batch: int, backend: str | None = None) -> int:
+def micro_batch_size(requested: int, batch: int, backend: str | None = None,
+                     flops_per_image: float | None = None) -> int:
     """How many images of a `batch`-image mini-batch (one device's share) one gradient
     pass takes: the whole batch, or equal slices accumulated in turn (the same update).
 
-    requested > 0: that size (the whole batch when it is at least the batch; it must
-    divide the batch). 0 (auto): on a CPU, the largest divisor of the batch in
-    CPU_MICRO_BATCH's range when the batch is larger, else the whole batch. Measured on
-    a 2-core CPU (BENCHMARKS.md), dbl_conv_relu trains faster in slices of 64 than whole
-    at 128 and 256 images: the slices' activations and patch matrices stay in cache.
-    Other backends: the whole batch (an accelerator wants the big matmuls).
+    requested > 0: that size (the whole batch when it is at least the batch; otherwise it
+    must divide the batch). 0 (auto): on a CPU, the largest divisor of the batch, of at
+    least CPU_MIN_SLICE images, whose training FLOPs (flops_per_image, e.g. from
+    networks.model_flops) stay within CPU_SLICE_FLOPS; the whole batch when it fits or no
+    such slice exists. Measured on a 2-core CPU (BENCHMARKS.md): dbl_conv_relu (9.2
+    MFLOP an image) trains faster in slices of 64 than whole at 128 and 256 images, and
+    whole at 64; the narrower speedrun network (1.9 MFLOP) fastest whole at 128. Working
+    sets past ~10 MB fall out of the caches. Other backends: the whole batch.
     """
     if requested >= batch:
         return batch
@@ -168,13 +172,12 @@ def micro_batch_size(requested: int, batch: int, backend: str | None = None) -> 
             raise ValueError(f"config.micro_batch ({requested}) must divide the "
                              f"{batch}-image mini-batch (per device)")
         return requested
-    lo, hi = CPU_MICRO_BATCH
-    if (backend or jax.default_backend()) != "cpu" or batch <= hi:
+    if ((backend or jax.default_backend()) != "cpu" or not flops_per_image
+            or batch * flops_per_image <= CPU_SLICE_FLOPS):
         return batch
-    for size in range(hi, lo - 1, -1):
-        if batch % size == 0:
-            return size
-    return batch
+    sizes = [d for d in range(CPU_MIN_SLICE, batch) if batch % d == 0]
+    fitting = [d for d in sizes if d * flops_per_image <= CPU_SLICE_FLOPS]
+    return max(fitting) if fitting else min(sizes, default=batch)
 
 
 def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
@@ -207,6 +210,7 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), (loss, nll)
 
     manual = config is not None and config.get("grad", "autodiff") == "manual"
+    step_flops = networks.model_flops(model.layers)[1]
 
     def _grad(params, images, labels, key, l2, keep):
         if manual and keep is not None:
@@ -219,7 +223,7 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
                 dropout_key=key, with_nll=True)
             return grads, (loss, nll)
         micro = micro_batch_size(0 if config is None else config.get("micro_batch", 0),
-                                 images.shape[0])
+                                 images.shape[0], flops_per_image=step_flops)
         if micro < images.shape[0]:
             return _accumulated(params, images, labels, key, l2, keep, micro)
         (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(

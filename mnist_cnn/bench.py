@@ -156,7 +156,7 @@ def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
     micro = train.micro_batch_size(c.micro_batch, batch_size // devices,
                                    flops_per_image=counted)
     return dict(batch_size=batch_size, conv_impl=conv_impl, dtype=dtype, devices=devices,
-                micro_batch=micro,
+                micro_batch=micro, micro_batch_requested=micro_batch,
                 images_per_rep=steps * batch_size, compile_s=round(compile_s, 2),
                 train_images_per_s=round(median, 1),
                 train_images_per_s_min=round(min(rates), 1),
@@ -184,6 +184,11 @@ def add_fractions(rows, ceiling_gflop_s: float, device_kind: str, peak_tflops=No
     return rows
 
 
+def _micro(row) -> str:
+    """The micro-batch column: the images a gradient pass took, "auto: N" when chosen."""
+    return ("auto: " if row.get("micro_batch_requested") == 0 else "") + str(row["micro_batch"])
+
+
 def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
     head = (f"{name} on {env['device_kind']} ({env['cpu']}, {env['cores']} cores; "
             f"{env['device_count']} device(s)), jax {env['jax']}; 2048^2 f32 matmul "
@@ -195,7 +200,7 @@ def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
     for r in rows:
         peak = f"{100 * r['fraction_of_peak']:.2f}%" if r["fraction_of_peak"] else "-"
         lines.append(
-            f"| {r['batch_size']} | {r['micro_batch']} | {r['conv_impl']} | {r['dtype']} | {r['devices']} | "
+            f"| {r['batch_size']} | {_micro(r)} | {r['conv_impl']} | {r['dtype']} | {r['devices']} | "
             f"{r['compile_s']:.1f} | {r['train_images_per_s']:,.0f} "
             f"[{r['train_images_per_s_min']:,.0f}, {r['train_images_per_s_max']:,.0f}] | "
             f"{r['eval_images_per_s']:,.0f} | {r['model_flops_per_image'] / 1e6:.2f} "

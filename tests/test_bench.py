@@ -32,7 +32,7 @@ def test_benchmark_writes_table_and_json(tmp_path):
         assert r["model_flops_per_image"] == 9_222_000   # 3 x 3.266 MFLOP less conv 1's input gradient
         assert r["achieved_gflop_s"] == pytest.approx(
             r["train_images_per_s"] * r["model_flops_per_image"] / 1e9, rel=1e-3)
-    assert "| 16 | 16 | patches | bfloat16 | 1 |" in proc.stdout   # batch, micro-batch, ...
+    assert "| 16 | auto: 16 | patches | bfloat16 | 1 |" in proc.stdout   # batch, micro-batch, ...
 
 
 def test_benchmark_micro_batches_are_a_sweep_dimension(tmp_path):
@@ -46,6 +46,7 @@ def test_benchmark_micro_batches_are_a_sweep_dimension(tmp_path):
     assert rows[1]["xla_flops_per_image"] == pytest.approx(rows[0]["xla_flops_per_image"],
                                                            rel=0.05)
     assert "| 8 | 4 | patches | float32 | 1 |" in proc.stdout
+    assert "| 8 | auto: 8 | patches | float32 | 1 |" in proc.stdout
 
 
 def test_python_m_mnist_cnn_bench_is_the_benchmark_mode(tmp_path):
@@ -59,7 +60,7 @@ def test_python_m_mnist_cnn_bench_is_the_benchmark_mode(tmp_path):
                           env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert [r["batch_size"] for r in json.loads(out.read_text())["rows"]] == [8]
-    assert "| 8 | 8 | patches | float32 | 1 |" in proc.stdout
+    assert "| 8 | auto: 8 | patches | float32 | 1 |" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "mnist_cnn.bench", *QUICK, "--dtypes=float8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert_user_error(bad, "dtype")

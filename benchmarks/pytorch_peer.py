@@ -108,7 +108,7 @@ def main(argv):
           f"{torch.__version__}; 2048^2 f32 matmul {before:.1f} GFLOP/s before, "
           f"{after:.1f} after\n")
     print("| batch | this project images/s [min, max] | PyTorch images/s [min, max] "
-          "| ratio | GFLOP/s (XLA count) | of matmul ceiling |")
+          "| ratio | GFLOP/s (counted) | of matmul ceiling |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch_size']} | {r['jax_images_per_s']:,.0f} [{r['jax_min']:,.0f}, "

@@ -87,7 +87,7 @@ def base_config():
     c.num_devices = 0           # local devices to use; 0: all
     c.dtype = "float32"
     c.grad = "autodiff"         # autodiff (jax.grad) | manual (mnist_cnn/backprop.py)
-    c.micro_batch = 0           # gradient pass size: 0 auto (CPU: slices of 32-64), N
+    c.micro_batch = 0           # gradient pass size: 0 auto (CPU: slices of >= 64), N
                                 # slices of N, >= batch_size the whole (train.micro_batch_size)
     c.eval_batch_size = 200     # fastest measured on a 2-core CPU (100-500 are close)
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)

@@ -226,9 +226,9 @@ def test_micro_batch_size_auto_and_explicit():
     size = train.micro_batch_size
     book = 9.222e6        # dbl_conv_relu's training FLOPs an image (networks.model_flops)
     assert [size(0, b, "cpu", book) for b in (10, 64, 100, 128, 256, 97, 1024)] == \
-        [10, 64, 50, 64, 64, 97, 64]
+        [10, 64, 100, 64, 64, 97, 64]
     assert size(0, 128, "cpu", 1.85e6) == 128            # a narrow network: whole
-    assert size(0, 128, "cpu", 1e9) == 32                 # the smallest slice allowed
+    assert size(0, 256, "cpu", 1e9) == 64                 # the smallest slice allowed
     assert size(0, 128, "cpu") == 128                     # work unknown: whole
     assert size(0, 128, "gpu", book) == 128 and size(0, 1024, "tpu", book) == 1024
     assert size(32, 128, "gpu") == 32 and size(128, 128) == 128 and size(500, 128) == 128

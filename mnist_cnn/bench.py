@@ -193,15 +193,15 @@ def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
     head = (f"{name} on {env['device_kind']} ({env['cpu']}, {env['cores']} cores; "
             f"{env['device_count']} device(s)), jax {env['jax']}; 2048^2 f32 matmul "
             f"{ceiling[0]:.1f} GFLOP/s before, {ceiling[1]:.1f} after\n\n")
-    lines = ["| batch | micro-batch | conv | dtype | devices | compile s | train images/s median [min, max] "
-             "| eval images/s | MFLOP/image (XLA's count) | GFLOP/s | of matmul ceiling "
-             "| of peak |",
+    lines = ["| batch | micro-batch | conv | dtype | devices | compile s "
+             "| train images/s median [min, max] | eval images/s "
+             "| MFLOP/image (XLA's count) | GFLOP/s | of matmul ceiling | of peak |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{100 * r['fraction_of_peak']:.2f}%" if r["fraction_of_peak"] else "-"
         lines.append(
-            f"| {r['batch_size']} | {_micro(r)} | {r['conv_impl']} | {r['dtype']} | {r['devices']} | "
-            f"{r['compile_s']:.1f} | {r['train_images_per_s']:,.0f} "
+            f"| {r['batch_size']} | {_micro(r)} | {r['conv_impl']} | {r['dtype']} | "
+            f"{r['devices']} | {r['compile_s']:.1f} | {r['train_images_per_s']:,.0f} "
             f"[{r['train_images_per_s_min']:,.0f}, {r['train_images_per_s_max']:,.0f}] | "
             f"{r['eval_images_per_s']:,.0f} | {r['model_flops_per_image'] / 1e6:.2f} "
             f"({r['xla_flops_per_image'] / 1e6:.2f}) | "

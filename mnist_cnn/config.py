@@ -19,11 +19,13 @@ class ConfigError(ValueError):
 
 
 def conv_pool(features, kernel=5, stride=1, pool="max", pool_window=2, pool_stride=0,
-              activation="sigmoid", padding="VALID"):
-    """network3's ConvPoolLayer: act(pool(conv(x)) + b). pool_stride 0 = the window."""
+              activation="sigmoid", padding="VALID", batch_norm=False):
+    """network3's ConvPoolLayer: act(pool(conv(x)) + b). pool_stride 0 = the window.
+    batch_norm: normalise pool(conv(x)) per feature map first (networks.ConvPool)."""
     return ml_collections.ConfigDict(dict(
         kind="conv_pool", features=features, kernel=kernel, stride=stride, padding=padding,
-        pool=pool, pool_window=pool_window, pool_stride=pool_stride, activation=activation))
+        pool=pool, pool_window=pool_window, pool_stride=pool_stride, activation=activation,
+        batch_norm=batch_norm))
 
 
 def fc(features, activation="sigmoid", dropout=0.0):
@@ -89,6 +91,8 @@ def base_config():
     c.grad = "autodiff"         # autodiff (jax.grad) | manual (mnist_cnn/backprop.py)
     c.micro_batch = 0           # gradient pass size: 0 auto (CPU: slices of >= 64), N
                                 # slices of N, >= batch_size the whole (train.micro_batch_size)
+    c.bn_calibration_images = 10_000  # batch-norm layers: population moments from the
+                                      # first N training images after each epoch
     c.eval_batch_size = 200     # fastest measured on a 2-core CPU (100-500 are close)
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
@@ -114,7 +118,8 @@ def validate(c):
     """Raises ConfigError with a one-line message naming the first bad field."""
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
                   "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
-                  "num_members", "num_runs", "num_devices", "micro_batch"):
+                  "num_members", "num_runs", "num_devices", "micro_batch",
+                  "bn_calibration_images"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
@@ -123,6 +128,8 @@ def validate(c):
     _check(c.batch_size <= c.train_size, f"config.batch_size ({c.batch_size}) exceeds "
            f"config.train_size ({c.train_size})")
     _check(c.eval_batch_size > 0, "config.eval_batch_size must be positive")
+    _check(0 < c.bn_calibration_images <= 50_000, f"config.bn_calibration_images must be "
+           f"in [1, 50000], got {c.bn_calibration_images}")
     _check(c.micro_batch >= 0, f"config.micro_batch must be >= 0 (0: auto), got {c.micro_batch}")
     _check(c.micro_batch == 0 or c.micro_batch >= c.batch_size
            or c.batch_size % c.micro_batch == 0,
@@ -182,7 +189,14 @@ def validate(c):
            "config.layers must be a non-empty list of layers")
     for i, layer in enumerate(c.layers):
         _validate_layer(i, layer, last=i == len(c.layers) - 1)
+    _check(c.grad == "autodiff" or not uses_batch_norm(c), "config.grad=manual has no "
+           "batch normalisation (mnist_cnn/backprop.py is the book's layers); use "
+           "config.grad=autodiff or layers without batch_norm")
     return c
+
+
+def uses_batch_norm(c) -> bool:
+    return any(layer.get("batch_norm", False) for layer in c.layers)
 
 
 def _validate_layer(i, layer, last):
@@ -207,5 +221,7 @@ def _validate_layer(i, layer, last):
                f"{where}.pool_stride must be >= 0 (0 means the window), got {layer.pool_stride!r}")
         _check(layer.pool in L.POOLS,
                f"{where}.pool must be one of {L.POOLS}, got {layer.pool!r}")
+        _check(isinstance(layer.get("batch_norm", False), bool),
+               f"{where}.batch_norm must be True or False, got {layer.get('batch_norm')!r}")
         _check(layer.padding in ("VALID", "SAME"),
                f"{where}.padding must be VALID or SAME, got {layer.padding!r}")

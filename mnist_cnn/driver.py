@@ -343,6 +343,19 @@ class Plan:
         self.compile_s = time.perf_counter() - t0
         self.check_memory()
         self.predict = train.make_predict(model, config.eval_batch_size, self.stacked)
+        self.calibrate = None
+        if config_lib.uses_batch_norm(config):
+            self.calibrate = train.make_calibrate(model, stacked=self.stacked)
+            self.calibration_x = jax.device_put(
+                ds.train.images[:config.bn_calibration_images])
+
+    def calibrated(self, host_state):
+        """The host-layout state with its batch-norm moments measured (unchanged
+        without batch norm)."""
+        if self.calibrate is None:
+            return host_state
+        return host_state.replace(params=self.calibrate(host_state.params,
+                                                        self.calibration_x))
 
     def order(self, state, epoch):
         """The epoch's permutation(s), from a host-layout state's key(s)."""
@@ -478,7 +491,9 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, end)
         train_time += epoch_train_s
-        host_state = plan.host(state)
+        host_state = plan.calibrated(plan.host(state))
+        if plan.calibrate is not None:
+            state = plan.place(host_state)
         val, val_members, _ = _evaluate(plan, host_state, val_x, val_y)
         test, test_members, predictions = _evaluate(plan, host_state, test_x, test_y)
         images = (num_batches - begin) * config.batch_size * plan.members

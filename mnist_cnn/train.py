@@ -333,6 +333,43 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False):
         params, images, keep))
 
 
+def make_calibrate(model, batch_size: int = 500, stacked: bool = False):
+    """Returns jitted calibrate(params, images_u8) -> params with every batch-norm
+    layer's `bn_mean` / `bn_var` set to the population moments of `images` (all of
+    them, in batches of `batch_size` for memory; the mean of the batches' means and mean
+    squares, so the batching does not change the result beyond rounding). The layers
+    before each batch-norm layer see what they see in training, minus its random
+    augmentation; dropout acts on FC inputs only, after every conv layer. stacked:
+    params with a leading member axis, each member calibrated on the same images."""
+
+    def calibrate(params, images):
+        n = images.shape[0]
+        bs = min(batch_size, n)
+        usable = n - n % bs
+        xs = images[:usable].reshape(-1, bs, *images.shape[1:])
+
+        def moments(x):
+            _, inter = model.apply({"params": params}, data.to_float(x), train=True,
+                                   rngs={"dropout": jax.random.PRNGKey(0)},
+                                   mutable=["intermediates"])
+            return {name: v["bn_moments"][0] for name, v in inter["intermediates"].items()
+                    if "bn_moments" in v}
+
+        sums = lax.map(moments, xs)
+        out = dict(params)
+        for name, (mean, mean_sq) in sums.items():
+            mean, mean_sq = jnp.mean(mean, 0), jnp.mean(mean_sq, 0)
+            layer = dict(out[name])
+            layer["bn_mean"] = mean
+            layer["bn_var"] = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+            out[name] = layer
+        return out
+
+    if not stacked:
+        return jax.jit(calibrate)
+    return jax.jit(jax.vmap(calibrate, in_axes=(0, None)))
+
+
 def accuracy(probabilities, labels) -> float:
     """Fraction of argmax predictions equal to labels (host-side, numpy)."""
     import numpy as np

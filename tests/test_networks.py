@@ -13,7 +13,7 @@ from tests.test_layers import conv_ref, pool_ref
 
 EXPERIMENTS = ["intro_conv", "shallow", "basic_conv", "omit_fc", "dbl_conv",
                "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc", "ensemble",
-               "double_fc_dropout"]
+               "double_fc_dropout", "modern", "speedrun"]
 
 
 def shapes(params):
@@ -123,6 +123,17 @@ def test_chapter_end_experiments_have_the_books_settings(name, arg, fc_sizes, dr
     assert [l.dropout for l in c.layers if l.kind in ("fc", "softmax")] == dropouts
     assert [l.activation for l in c.layers if l.kind != "softmax"] == ["relu"] * (
         2 + len(fc_sizes))
+
+
+def test_modern_batch_norm_variant():
+    from experiments import modern
+    c = config_lib.validate(modern.get_config("bn=1,epochs=3"))
+    assert [layer.get("batch_norm", False) for layer in c.layers] == [True, True, False,
+                                                                      False]
+    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(0))
+    assert set(params["layer1_conv"]) == {"w", "b", "g", "bn_mean", "bn_var"}
+    plain = config_lib.validate(modern.get_config())
+    assert not config_lib.uses_batch_norm(plain)
 
 
 def test_variant_argument_errors():

@@ -53,7 +53,7 @@ def get_config(arg=""):
     c = recipe(dbl_conv_relu.get_config(), v["epochs"], learning_rate=0.05, warmup_epochs=2.0)
     c.name = "modern" if v["members"] == 1 else f"modern_ens{v['members']}"
     bn = bool(v["bn"])
-    if v["deep"]:   # each stage's 5x5 conv as two convs, 5x5 + 3x3 then 3x3 + 3x3
+    if v["deep"]:   # two convs a stage: 5x5, 3x3 + pool; 3x3, 3x3 + pool
         convs = (conv_pool(32, activation="relu", pool="none", batch_norm=bn),
                  conv_pool(32, kernel=3, activation="relu", batch_norm=bn),
                  conv_pool(64, kernel=3, activation="relu", pool="none", batch_norm=bn),

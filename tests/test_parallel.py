@@ -87,6 +87,27 @@ def test_pmap_with_dropout_trains_and_keeps_replicas_identical():
     """)
 
 
+def test_pmap_batch_norm_equals_one_device_in_the_same_micro_batches():
+    """With batch norm each device normalises by its own share's moments: 2 devices
+    give what one device gives with the mini-batch in 2 micro-batches (the same
+    slices, moments and mean gradient), through pmean in one case and a scan in the
+    other."""
+    script("""
+        c = tiny_config(batch_size=16, shuffle=True, momentum=0.9)
+        c.layers[0].batch_norm = True
+        c.layers[1].dropout = 0.0
+        c.micro_batch = 8
+        s, ref, ref_losses, got, losses = epoch(c, 1)
+        assert s.count == 2, s
+        close(ref.params, got.params)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+        whole = tiny_config(batch_size=16, shuffle=True, momentum=0.9)
+        whole.layers[0].batch_norm, whole.layers[1].dropout = True, 0.0
+        _, other, _, _, _ = epoch(whole, 1)
+        assert not np.allclose(other.params["layer0_conv"]["w"], ref.params["layer0_conv"]["w"])
+    """, devices=2)
+
+
 @pytest.mark.parametrize("members,used", [(4, 4), (5, 5), (12, 6)])
 def test_members_spread_over_devices_equal_the_vmapped_ensemble(members, used):
     """M members over 8 devices use the largest divisor of M not above 8 (5 members: 5

@@ -336,18 +336,15 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False):
 def make_calibrate(model, batch_size: int = 500, stacked: bool = False):
     """Returns jitted calibrate(params, images_u8) -> params with every batch-norm
     layer's `bn_mean` / `bn_var` set to the population moments of `images` (all of
-    them, in batches of `batch_size` for memory; the mean of the batches' means and mean
-    squares, so the batching does not change the result beyond rounding). The layers
-    before each batch-norm layer see what they see in training, minus its random
-    augmentation; dropout acts on FC inputs only, after every conv layer. stacked:
+    them, in batches of `batch_size` for memory and a last smaller one; the batches'
+    means and mean squares averaged by size, so the batching does not change the result
+    beyond rounding). Each batch passes through the network as in training, minus the
+    random augmentation: earlier batch-norm layers normalise by that batch's moments
+    (precise BN as Wu & Johnson 2021 define it; dropout acts on FC inputs only, after
+    every conv layer). Calibrating twice gives what calibrating once does. stacked:
     params with a leading member axis, each member calibrated on the same images."""
 
     def calibrate(params, images):
-        n = images.shape[0]
-        bs = min(batch_size, n)
-        usable = n - n % bs
-        xs = images[:usable].reshape(-1, bs, *images.shape[1:])
-
         def moments(x):
             _, inter = model.apply({"params": params}, data.to_float(x), train=True,
                                    rngs={"dropout": jax.random.PRNGKey(0)},
@@ -355,10 +352,17 @@ def make_calibrate(model, batch_size: int = 500, stacked: bool = False):
             return {name: v["bn_moments"][0] for name, v in inter["intermediates"].items()
                     if "bn_moments" in v}
 
-        sums = lax.map(moments, xs)
+        n = images.shape[0]
+        bs = min(batch_size, n)
+        full = n - n % bs
+        parts = [(full, jax.tree.map(lambda m: jnp.mean(m, 0), lax.map(
+            moments, images[:full].reshape(-1, bs, *images.shape[1:]))))]
+        if full < n:   # the remainder, weighted by its size
+            parts.append((n - full, moments(images[full:])))
+        sums = jax.tree.map(lambda *ms: sum(k * m for (k, _), m in zip(parts, ms)) / n,
+                            *[m for _, m in parts])
         out = dict(params)
         for name, (mean, mean_sq) in sums.items():
-            mean, mean_sq = jnp.mean(mean, 0), jnp.mean(mean_sq, 0)
             layer = dict(out[name])
             layer["bn_mean"] = mean
             layer["bn_var"] = jnp.maximum(mean_sq - jnp.square(mean), 0.0)

@@ -90,14 +90,27 @@ def test_training_normalises_each_feature_map():
     np.testing.assert_allclose(y.std((0, 1, 2)), params["layer0_conv"]["g"], rtol=1e-3)
 
 
+def batch_moments_ref(x, p):
+    """Layer 0's and layer 1's moments for one batch, as training sees them: layer 0
+    normalised by this batch's own moments."""
+    h, m0 = conv_layer_ref(x, p["layer0_conv"], relu, True)
+    _, m1 = conv_layer_ref(h, p["layer1_conv"], np.tanh, True)
+    return m0, m1
+
+
 def test_calibrate_sets_population_moments():
-    """make_calibrate = numpy's mean and variance over all the images (in batches that
-    do not divide them evenly into the calibration batch, and stacked members too)."""
+    """make_calibrate = the size-weighted mean over batches (250 images in batches of
+    80: three and a remainder of 10) of each batch's mean and mean square, computed in
+    numpy; for one network and for stacked members."""
     c = small_config()
     model = networks.from_config(c)
     members = [perturbed_params(model, seed=s) for s in (0, 1)]
-    images = np.random.default_rng(5).integers(0, 256, (240, 28, 28), dtype=np.uint8)
+    images = np.random.default_rng(5).integers(0, 256, (250, 28, 28), dtype=np.uint8)
     x = images[..., None].astype(np.float64) / 255.0
+    x[160:] *= 0.3    # the last batch and the remainder unlike the first ones
+    images = np.round(x[..., 0] * 255).astype(np.uint8)
+    x = images[..., None].astype(np.float64) / 255.0
+    batches = [x[0:80], x[80:160], x[160:240], x[240:]]
     for stacked in (False, True):
         calibrate = train.make_calibrate(model, batch_size=80, stacked=stacked)
         params = (jax.tree.map(lambda *v: jnp.stack(v), *members) if stacked
@@ -106,20 +119,17 @@ def test_calibrate_sets_population_moments():
         for m, p in enumerate(members if stacked else members[:1]):
             g = jax.tree.map(lambda v: np.asarray(v[m] if stacked else v), got)
             p = jax.tree.map(lambda v: np.asarray(v, np.float64), p)
-            # Layer 1's input is layer 0 normalised by its *population* moments,
-            # as at evaluation after calibration.
-            _, (mean0, var0) = conv_layer_ref(x, p["layer0_conv"], relu, True)
-            np.testing.assert_allclose(g["layer0_conv"]["bn_mean"], mean0, rtol=1e-4,
-                                       atol=1e-6)
-            np.testing.assert_allclose(g["layer0_conv"]["bn_var"], var0, rtol=1e-3,
-                                       atol=1e-6)
-            h, _ = conv_layer_ref(x, dict(p["layer0_conv"], bn_mean=mean0, bn_var=var0),
-                                  relu, False)
-            _, (mean1, var1) = conv_layer_ref(h, p["layer1_conv"], np.tanh, True)
-            np.testing.assert_allclose(g["layer1_conv"]["bn_mean"], mean1, rtol=1e-3,
-                                       atol=1e-5)
-            np.testing.assert_allclose(g["layer1_conv"]["bn_var"], var1, rtol=1e-3,
-                                       atol=1e-5)
+            per = [batch_moments_ref(xb, p) for xb in batches]
+            sizes = np.array([len(xb) for xb in batches], np.float64)
+            for layer, name in enumerate(("layer0_conv", "layer1_conv")):
+                means = np.array([q[layer][0] for q in per])
+                mean_sqs = np.array([q[layer][1] + q[layer][0] ** 2 for q in per])
+                mean = sizes @ means / sizes.sum()
+                var = sizes @ mean_sqs / sizes.sum() - mean ** 2
+                np.testing.assert_allclose(g[name]["bn_mean"], mean, rtol=1e-4, atol=1e-6)
+                np.testing.assert_allclose(g[name]["bn_var"], var, rtol=1e-4, atol=1e-6)
+                # ... which is not what the plain mean over the four batches gives
+                assert not np.allclose(means.mean(0), mean, rtol=1e-3)
             for name in ("layer0_conv", "layer1_conv", "layer2_fc"):   # the rest kept
                 np.testing.assert_array_equal(g[name]["w"], p[name]["w"].astype(np.float32))
 

@@ -1,7 +1,7 @@
 """modern: the chapter's layer types trained the way a 2026 engineer would.
 
 Beyond the book. Same building blocks as dbl_conv_relu (two 5x5 conv + 2x2 max-pool
-layers, an FC layer, softmax), wider (32 and 64 feature maps, FC 256), He init,
+layers, an FC layer, softmax), wider (32 and 64 feature maps, FC 1024), He init,
 Nesterov momentum 0.9, a one-cycle learning rate, mini-batch 128 shuffled every epoch,
 random shifts of up to 2 pixels on the fly, inverted dropout on the FC and softmax
 inputs. Targets (issue 4): a single network >= 99.67% test (the book's five-network
@@ -21,7 +21,9 @@ Measured here (seed 0, 2-core Intel Xeon CPU, jax 0.10.2; the machine shared wit
 work, so the wall time is not a speed figure): test 99.57% at the best-validation epoch
 29 (validation 99.56%), final epoch 99.63%; 40 epochs, 2.0M images (a fifth of the
 book's dropout network), 22 min. Below the 99.67% target. An earlier setting (FC 256,
-dropout 0.25, 30 epochs) gave 99.53% (validation 99.56% at epoch 24).
+dropout 0.25, 30 epochs) gave 99.53% (validation 99.56% at epoch 24). Fifth session, on
+one core of the same CPU: `bn=1,rot=10,zoom=0.1` 99.63% (validation 99.55% at epoch 32),
+`deep=1,bn=1,rot=10,zoom=0.1` 99.55% (validation 99.69% at epoch 30); 40 epochs each.
 """
 
 from experiments import dbl_conv_relu

@@ -29,8 +29,12 @@ flags.DEFINE_bool("sweep_vmap", True, "Train a sweep's points together as one vm
 flags.DEFINE_string("sweep_shard", None, "i/N: run only the points with index % N == i.")
 flags.DEFINE_bool("sweep_collect", False, "Build sweep.csv/.md/.png in --workdir from the "
                   "points every shard finished, without training.")
-flags.DEFINE_enum("mode", "train", ["train", "benchmark"], "train: train the experiment; "
-                  "benchmark: measure its network's speed (see mnist_cnn/bench.py).")
+flags.DEFINE_enum("mode", "train", ["train", "benchmark", "vote"],
+                  "train: train the experiment; benchmark: measure its network's speed "
+                  "(see mnist_cnn/bench.py); vote: the networks of finished runs "
+                  "(--vote_runs) vote on validation and test (mnist_cnn/committee.py).")
+flags.DEFINE_list("vote_runs", [], "vote: run directories whose newest checkpoints vote.")
+flags.DEFINE_string("vote_out", "vote.json", "vote: JSON output path.")
 flags.DEFINE_list("batch_sizes", ["10", "128"], "benchmark: mini-batch sizes.")
 flags.DEFINE_list("conv_impls", ["patches", "xla"], "benchmark: conv implementations.")
 flags.DEFINE_list("dtypes", ["float32"], "benchmark: float32 and/or bfloat16.")

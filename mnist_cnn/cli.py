@@ -1,4 +1,5 @@
-"""What run.py does with its parsed flags: list experiments, or train one.
+"""What run.py does with its parsed flags: list experiments, train one, benchmark, or
+let finished runs vote.
 
 User errors (config, data, run directory) become one line on stderr and exit code 2.
 """
@@ -12,10 +13,11 @@ import os
 import sys
 
 from mnist_cnn import config as config_lib
-from mnist_cnn import data, driver, parallel
+from mnist_cnn import committee, data, driver, parallel
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
-USER_ERRORS = (config_lib.ConfigError, data.DataError, driver.RunError)
+USER_ERRORS = (config_lib.ConfigError, data.DataError, driver.RunError,
+               committee.CommitteeError)
 
 
 def experiment_names() -> list[str]:
@@ -168,6 +170,8 @@ def main(flags) -> int:
     if flags.list:
         print(list_experiments())
         return 0
+    if flags.mode == "vote":
+        return _exit_code(vote, flags)
     if flags.config is None:
         sys.stderr.write("error: --config is required, e.g. --config=experiments/"
                          "dbl_conv_relu.py (python run.py --list shows them all)\n")
@@ -180,6 +184,15 @@ def main(flags) -> int:
     if flags.sweep or flags.sweep_collect or flags.sweep_shard:
         return _exit_code(run_sweep, flags)
     return _exit_code(train_one, flags)
+
+
+def vote(flags) -> int:
+    """--mode=vote: a committee of finished runs (mnist_cnn/committee.py)."""
+    result = committee.vote_runs(flags.vote_runs, log=lambda m: print(m, file=sys.stderr))
+    print(committee.markdown(result))
+    driver.write_json_atomic(flags.vote_out, result)
+    print(f"\nwrote {flags.vote_out}")
+    return 0
 
 
 def train_one(flags) -> int:

@@ -1,0 +1,147 @@
+"""A committee of finished runs: networks trained separately, voting together.
+
+`--config.num_members` trains an ensemble of one architecture in one vmapped program.
+A committee instead takes the newest checkpoint of each given run directory (any
+experiments: different architectures, recipes, seeds; a stacked ensemble or num_runs
+run gives all its members), evaluates every network on the validation and test sets,
+and reports each member, the plurality vote (the book's) and the mean-softmax vote.
+The vote reported as the committee's is the one with the higher *validation*
+accuracy (plurality on a tie): the test set chooses nothing.
+
+    python run.py --mode=vote --vote_runs=runs/modern_bn40,runs/modern_deep_bn40,...
+
+The networks are evaluated as they are in their newest checkpoint (the end of the last
+finished epoch), not at their best-validation epoch: a checkpoint of every epoch is
+not kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from mnist_cnn import checkpoint, data, ensemble, networks, train
+from mnist_cnn import config as config_lib
+
+
+class CommitteeError(ValueError):
+    """A run directory that cannot join a committee; the message names it."""
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise CommitteeError(f"{workdir} holds no run (no config.json); give the run "
+                             f"directories that run.py --workdir wrote")
+    with open(path) as f:
+        saved = json.load(f)
+    # Fields added since the run was trained take their defaults (the run trained as
+    # they would have it: each new field's default is the behaviour before it).
+    c = config_lib.base_config()
+    defaults = dict(conv_pool=config_lib.conv_pool(1), fc=config_lib.fc(1),
+                    softmax=config_lib.softmax(1))
+    layers = []
+    for layer in saved.pop("layers"):
+        base = defaults[layer["kind"]].to_dict() if layer.get("kind") in defaults else {}
+        layers.append(ml_collections.ConfigDict({**base, **layer}))
+    c.update(saved)
+    c.layers = tuple(layers)
+    return config_lib.validate(c)
+
+
+def load_run(workdir: str):
+    """(config, model, params, epoch): the run's newest checkpoint; params stacked on a
+    leading axis when the run trained several networks together."""
+    config = load_config(workdir)
+    if not checkpoint.exists(workdir):
+        raise CommitteeError(f"{workdir} has no checkpoint to vote with (checkpoints/ "
+                             f"is empty or missing)")
+    model = networks.from_config(config)
+    members = max(config.num_members, config.num_runs)
+    # A template of the right shapes (the optimizer's state has a momentum trace or not).
+    steps = train.steps_per_epoch(config.train_size * (5 if config.expand_data else 1),
+                                  config.batch_size)
+    like = train.init_states(model, train.make_optimizer(config, steps), config.seed,
+                             members)
+    try:
+        state, meta = checkpoint.restore_latest(
+            checkpoint.manager(workdir, config.keep_checkpoints), like)
+    except (ValueError, KeyError) as e:
+        raise CommitteeError(f"{workdir}: its checkpoint does not match its config.json "
+                             f"({str(e).splitlines()[0][:120]})") from None
+    return config, model, state.params, int(meta["epoch"])
+
+
+def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200):
+    """(members, N, 10) softmax outputs of one run's network(s)."""
+    probs = train.make_predict(model, eval_batch_size, stacked)(params, images)
+    probs = np.asarray(probs)
+    return probs if stacked else probs[None]
+
+
+def tally(probs_val, probs_test, val_labels, test_labels, names) -> dict:
+    """Pure: every member's and both votes' accuracies, and the committee's choice of
+    vote by validation accuracy (plurality on a tie)."""
+    acc = lambda pred, y: float(np.mean(np.asarray(pred) == np.asarray(y)))
+    out = dict(members=[dict(name=n, validation_accuracy=acc(pv.argmax(-1), val_labels),
+                             test_accuracy=acc(pt.argmax(-1), test_labels))
+                        for n, pv, pt in zip(names, probs_val, probs_test)])
+    votes = {}
+    for kind in ensemble.VOTES:
+        pred_test = np.asarray(ensemble.vote(kind, probs_test))
+        votes[kind] = dict(validation_accuracy=acc(ensemble.vote(kind, probs_val),
+                                                   val_labels),
+                           test_accuracy=acc(pred_test, test_labels),
+                           test_errors=int(np.sum(pred_test != np.asarray(test_labels))))
+    chosen = max(ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"],
+                                                k == "plurality"))
+    out.update(votes=votes, chosen_vote=chosen, size=len(names),
+               validation_accuracy=votes[chosen]["validation_accuracy"],
+               test_accuracy=votes[chosen]["test_accuracy"])
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = ["| member | epoch | validation | test |", "|---|---|---|---|"]
+    for m in result["members"]:
+        lines.append(f"| {m['name']} | {m.get('epoch', '')} | "
+                     f"{100 * m['validation_accuracy']:.2f}% | {100 * m['test_accuracy']:.2f}% |")
+    for kind, v in result["votes"].items():
+        mark = " (chosen by validation)" if kind == result["chosen_vote"] else ""
+        lines.append(f"| **{kind} vote**{mark} | | {100 * v['validation_accuracy']:.2f}% | "
+                     f"**{100 * v['test_accuracy']:.2f}%** ({v['test_errors']} errors) |")
+    return "\n".join(lines)
+
+
+def vote_runs(workdirs, log=print) -> dict:
+    """Loads each run, evaluates its networks on the validation and test sets (found as
+    the first run's config finds its data), tallies."""
+    if not workdirs:
+        raise CommitteeError("--vote_runs is empty: give at least one run directory "
+                             "(a committee of none has no vote)")
+    first = load_config(workdirs[0])
+    ds = data.load(first.data_source, first.data_dir or None, first.train_size,
+                   download=first.download)
+    val_x, test_x = jax.device_put(ds.validation.images), jax.device_put(ds.test.images)
+    names, epochs, pv, pt = [], [], [], []
+    for workdir in workdirs:
+        config, model, params, epoch = load_run(workdir)
+        stacked = max(config.num_members, config.num_runs) > 1
+        v = member_probabilities(model, params, stacked, val_x, config.eval_batch_size)
+        t = member_probabilities(model, params, stacked, test_x, config.eval_batch_size)
+        for i in range(len(v)):
+            names.append(f"{workdir}[{i}]" if stacked else workdir)
+            epochs.append(epoch)
+        pv.append(v)
+        pt.append(t)
+        log(f"{workdir}: {len(v)} network(s) at epoch {epoch}")
+    result = tally(np.concatenate(pv), np.concatenate(pt), ds.validation.labels,
+                   ds.test.labels, names)
+    for m, e in zip(result["members"], epochs):
+        m["epoch"] = e
+    result.update(runs=list(workdirs), data_source=ds.source)
+    return result

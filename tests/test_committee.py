@@ -1,0 +1,102 @@
+"""A committee of finished runs (mnist_cnn/committee.py, run.py --mode=vote): the tally
+against hand-counted votes, old run directories, agreement with the driver's own
+evaluation and ensemble vote, and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mnist_cnn import committee, driver
+from mnist_cnn import config as config_lib
+from tests.test_run import assert_user_error, run
+
+
+def onehot_probs(preds, confidence):
+    """(M, N) predictions -> (M, N, 10) probabilities: `confidence` on the prediction,
+    the rest spread evenly."""
+    preds = np.asarray(preds)
+    conf = np.asarray(confidence, np.float64)[..., None]
+    p = np.broadcast_to((1 - conf) / 9, (*preds.shape, 10)).copy()
+    np.put_along_axis(p, preds[..., None], conf, axis=-1)
+    return p
+
+
+def test_tally_counts_votes_by_hand():
+    # Three members, four images. Image 2: members say 3, 5, 5 -> plurality 5; but
+    # member 0 is sure of 3 (0.99) and the others barely prefer 5 (0.2 each), so the
+    # mean softmax says 3. Image 3: all differ -> plurality takes member 0's (the book's
+    # first-seen rule).
+    preds = [[1, 2, 3, 7], [1, 2, 5, 8], [1, 0, 5, 9]]
+    conf = [[0.9, 0.9, 0.99, 0.9], [0.9, 0.9, 0.2, 0.9], [0.9, 0.9, 0.2, 0.9]]
+    probs = onehot_probs(preds, conf)
+    labels = np.array([1, 2, 3, 7])
+    got = committee.tally(probs, probs, labels, labels, ["a", "b", "c"])
+    assert [m["test_accuracy"] for m in got["members"]] == [1.0, 0.5, 0.25]
+    assert got["votes"]["plurality"]["test_accuracy"] == 0.75       # wrong on image 2
+    assert got["votes"]["mean_softmax"]["test_accuracy"] == 1.0
+    assert got["votes"]["plurality"]["test_errors"] == 1
+    assert got["chosen_vote"] == "mean_softmax" and got["test_accuracy"] == 1.0
+    # The choice follows validation, not test: with validation labels that favour
+    # plurality, plurality is reported even though mean_softmax is better on test.
+    got = committee.tally(probs, probs, np.array([1, 2, 5, 7]), labels, ["a", "b", "c"])
+    assert got["chosen_vote"] == "plurality" and got["test_accuracy"] == 0.75
+    # A tie in validation goes to plurality (the book's vote).
+    got = committee.tally(probs, probs, np.array([0, 0, 0, 0]), labels, ["a", "b", "c"])
+    assert got["chosen_vote"] == "plurality"
+
+
+def test_old_config_gets_the_defaults_of_newer_fields(tmp_path):
+    from experiments import dbl_conv_relu
+    saved = json.loads(dbl_conv_relu.get_config().to_json())
+    del saved["micro_batch"], saved["bn_calibration_images"]
+    for layer in saved["layers"]:
+        layer.pop("batch_norm", None)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    c = committee.load_config(str(tmp_path))
+    assert c.micro_batch == 0 and c.bn_calibration_images == 10_000
+    assert not config_lib.uses_batch_norm(c)
+    assert c.layers[2].features == 100 and c.learning_rate == 0.03
+
+
+def test_vote_of_finished_runs_matches_what_the_runs_reported(tmp_path, mnist_dir):
+    """Two runs trained by the driver (an ensemble of 2 with batch norm, and a single
+    network): the committee's member accuracies are the runs' final test accuracies,
+    and the 2-network run alone votes as its own summary says."""
+    from experiments import modern
+    common = dict(num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30,
+                  plots=False,
+                  bn_calibration_images=200)
+    ens = modern.get_config("members=2,bn=1,fc=32")
+    one = modern.get_config("fc=16")
+    for c in (ens, one):
+        c.update(common)
+        c.layers[0].features, c.layers[1].features = 4, 8
+    s_ens = driver.run(ens, str(tmp_path / "ens"), log=lambda *a: None)
+    s_one = driver.run(one, str(tmp_path / "one"), log=lambda *a: None)
+    alone = committee.vote_runs([str(tmp_path / "ens")], log=lambda *a: None)
+    assert alone["votes"]["plurality"]["test_accuracy"] == pytest.approx(
+        s_ens["final_test_accuracy"])
+    out = tmp_path / "vote.json"
+    proc = run("--mode=vote", f"--vote_runs={tmp_path / 'ens'},{tmp_path / 'one'}",
+               f"--vote_out={out}")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["size"] == 3 and "| **plurality vote**" in proc.stdout
+    metrics = json.loads((tmp_path / "ens" / "metrics.jsonl").read_text().splitlines()[-1])
+    got = [m["test_accuracy"] for m in result["members"]]
+    assert got[:2] == pytest.approx(metrics["members_test_accuracy"])
+    assert got[2] == pytest.approx(s_one["final_test_accuracy"])
+    assert [m["epoch"] for m in result["members"]] == [1, 1, 1]
+
+
+def test_bad_vote_requests(tmp_path, mnist_dir):
+    proc = run("--mode=vote", "--vote_runs=")
+    assert_user_error(proc, "--vote_runs is empty")
+    proc = run("--mode=vote", f"--vote_runs={tmp_path}")
+    assert_user_error(proc, "holds no run (no config.json)")
+    from experiments import dbl_conv_relu
+    (tmp_path / "config.json").write_text(dbl_conv_relu.get_config().to_json())
+    proc = run("--mode=vote", f"--vote_runs={tmp_path}", f"--vote_out={tmp_path / 'v.json'}")
+    assert_user_error(proc, "has no checkpoint to vote with")
+    assert not (tmp_path / "v.json").exists()

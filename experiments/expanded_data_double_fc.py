@@ -6,7 +6,10 @@ Book: n=100 99.43%, n=300 99.48%, n=1000 99.47%.
 
     python run.py --config=experiments/expanded_data_double_fc.py:n=300 --workdir=runs/x2fc
 
-Not yet measured here (15 million training images; see expanded_data).
+Measured (seed 0; the README's results table): n=100 99.27% (best validation 99.46% at
+epoch 56), 15M images in 59 min on one core of a 2-core Intel Xeon (fifth session, jax
+0.10.2, `taskset -c 0`). n=300 and n=1000 are not measured yet (about 80 min each on one
+such core).
 """
 
 from experiments import expanded_data
@@ -14,7 +17,7 @@ from mnist_cnn.config import fc, parse_variant, softmax
 
 BOOK = {100: 99.43, 300: 99.48, 1000: 99.47}
 BOOK_ACCURACY = BOOK[100]
-MEASURED = None
+MEASURED = 99.27   # n=100
 
 
 def get_config(arg="n=100"):

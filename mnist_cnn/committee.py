@@ -55,7 +55,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_run(workdir: str):
     """(config, model, params, epoch): the run's newest checkpoint; params stacked on a
-    leading axis when the run trained several networks together."""
+    leading axis when the run trained several networks together; epoch: the epochs it
+    finished, or "E + S steps" for a checkpoint S mini-batches into epoch E + 1."""
     config = load_config(workdir)
     if not checkpoint.exists(workdir):
         raise CommitteeError(f"{workdir} has no checkpoint to vote with (checkpoints/ "
@@ -73,7 +74,8 @@ def load_run(workdir: str):
     except (ValueError, KeyError) as e:
         raise CommitteeError(f"{workdir}: its checkpoint does not match its config.json "
                              f"({str(e).splitlines()[0][:120]})") from None
-    return config, model, state.params, int(meta["epoch"])
+    epoch, steps = int(meta["epoch"]), int(meta.get("step_in_epoch") or 0)
+    return config, model, state.params, epoch if not steps else f"{epoch} + {steps} steps"
 
 
 def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200):

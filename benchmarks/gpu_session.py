@@ -5,17 +5,19 @@ are prepared here, tested on the CPU with --plan=smoke, and run once on the GPU:
 
     python benchmarks/gpu_session.py --out=OUT --budget=570 [--data_dir=DIR]
 
-Stages, in order, each a subprocess of run.py with its own time limit inside the budget:
+Steps, in the plan's order (most wanted first), each a subprocess of run.py with its
+own time limit inside the budget, after an environment check (device, driver and
+package versions; under --plan=full the run stops there if jax sees no GPU):
 
-1. env: device, driver and package versions (the run stops here if jax sees no GPU
-   under --plan=full);
-2. bench: `run.py --mode=benchmark` for dbl_conv_relu over mini-batch 10/128/1024,
-   conv patches/xla, float32 (and bfloat16 for xla), Markdown + JSON;
-3. speedrun: experiments/speedrun.py with three seeds, end-to-end wall time each;
-4. train: whole runs in order (the plan's `train` list: the book's five-network
-   ensemble at mini-batch 10, longer `modern` ensembles, expanded-data rows), each
-   stopped early, and reported as not measured, when its finished epochs project its
-   end past the deadline.
+- train: a whole run (the book's five-network ensemble at mini-batch 10, a batch-norm
+  `modern` committee, the expanded-data rows), stopped early, and reported as not
+  measured, when its finished epochs project its end past the deadline;
+- bench: `run.py --mode=benchmark` for dbl_conv_relu over mini-batch 10/128/1024, conv
+  patches/xla, float32 and bfloat16, Markdown + JSON;
+- speedrun: experiments/speedrun.py, end-to-end wall time.
+
+`--only=a,b` runs just the named steps: a second call on the same lent machine takes
+what the first left.
 
 What comes back in OUT: log.txt (everything every stage printed), bench*.json, and
 runs.tar.gz (each run's config.json, metrics.jsonl, summary.json and figures).
@@ -33,33 +35,42 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Each plan is an ordered list of steps, most wanted first, each with a name that
+# --only can pick (a second call on the same lent machine runs what the first left):
+#   ("bench", name, sweep)    run.py --mode=benchmark on dbl_conv_relu
+#   ("speedrun", name, seed)  experiments/speedrun.py end to end
+#   ("train", name, (experiment, extra flags))  a whole run, stopped early when its
+#                             finished epochs project its end past the deadline
 PLANS = {
-    "full": dict(
-        bench=[dict(batch_sizes="10,128,1024", conv_impls="xla,patches", dtypes="float32",
-                    bench_images=30720, out="bench_f32.json", limit=110),
-               dict(batch_sizes="128,1024", conv_impls="xla", dtypes="bfloat16",
-                    bench_images=30720, out="bench_bf16.json", limit=45)],
-        speedrun_seeds=(0, 1, 2),
-        # (run name, experiment, extra flags), in order; each stopped early when its
-        # first epochs project past the deadline. The third session (H200) measured
-        # double_fc_dropout, expanded_data n=100 and the 80-epoch modern ensembles; CPU
-        # sessions measured expanded_data n=300 and the batch-norm single networks.
-        # What is left: the book's ensemble, the batch-norm ensemble (issue 4's 99.75%),
-        # the remaining expanded-data rows (see the README's results table).
-        train=[("book_ensemble", "ensemble.py", []),
-               ("modern_bn_ens5", "modern.py:members=5,bn=1,rot=10,zoom=0.1,epochs=40", []),
-               ("expanded_1000", "expanded_data.py:n=1000", []),
-               ("x2fc_1000", "expanded_data_double_fc.py:n=1000", [])],
-        overrides=[]),
-    # The same stages on a few hundred images, to test this script on the CPU.
-    "smoke": dict(
-        bench=[dict(batch_sizes="10,128", conv_impls="patches", dtypes="float32",
-                    bench_images=1280, out="bench_f32.json", limit=120)],
-        speedrun_seeds=(0,),
-        train=[("book_ensemble", "ensemble.py:members=2", ["--config.num_epochs=2"]),
-               ("modern_1", "modern.py:members=2,epochs=3,rot=10,zoom=0.1,bn=1", [])],
-        overrides=["--config.train_size=256", "--config.plots=True"]),
+    # The third session (H200) measured double_fc_dropout, expanded_data n=100 and the
+    # 80-epoch modern ensembles; CPU sessions measured expanded_data n=300, x2fc n=100
+    # and n=300 and the batch-norm single networks. Left: the book's ensemble, the
+    # n=1000 rows, a batch-norm committee toward issue 4's 99.75%, and the H100 tables.
+    "full": [
+        ("train", "book_ensemble", ("ensemble.py", [])),
+        ("bench", "bench_f32", dict(batch_sizes="10,128,1024", conv_impls="xla,patches",
+                                    dtypes="float32", bench_images=30720, limit=110)),
+        ("bench", "bench_bf16", dict(batch_sizes="128,1024", conv_impls="xla,patches",
+                                     dtypes="bfloat16", bench_images=30720, limit=60)),
+        ("train", "modern_bn_ens10",
+         ("modern.py:members=10,bn=1,rot=10,zoom=0.1,epochs=40", [])),
+        ("speedrun", "speedrun_seed0", 0),
+        ("train", "expanded_1000", ("expanded_data.py:n=1000", [])),
+        ("train", "x2fc_1000", ("expanded_data_double_fc.py:n=1000", [])),
+    ],
+    # The same steps on a few hundred images, to test this script on the CPU.
+    "smoke": [
+        ("train", "book_ensemble", ("ensemble.py:members=2",
+                                    ["--config.num_epochs=2", "--config.train_size=256",
+                                     "--config.plots=True"])),
+        ("bench", "bench_f32", dict(batch_sizes="10,128", conv_impls="patches",
+                                    dtypes="float32", bench_images=1280, limit=120)),
+        ("train", "modern_1", ("modern.py:members=2,epochs=3,rot=10,zoom=0.1,bn=1",
+                               ["--config.train_size=256"])),
+        ("speedrun", "speedrun_seed0", 0),
+    ],
 }
+SMOKE_OVERRIDES = {"smoke": ["--config.train_size=256"]}
 
 
 class Session:
@@ -136,23 +147,20 @@ def stage_env(s, plan):
     return proc.returncode == 0 and (plan != "full" or "backend gpu" in proc.stdout)
 
 
-def stage_bench(s, p):
-    for b in p["bench"]:
-        s.run(f"bench {b['out']}", [
-            "run.py", "--mode=benchmark", "--config=experiments/dbl_conv_relu.py",
-            f"--batch_sizes={b['batch_sizes']}", f"--conv_impls={b['conv_impls']}",
-            f"--dtypes={b['dtypes']}", f"--bench_images={b['bench_images']}", "--repeats=3",
-            f"--benchmark_out={os.path.join(s.out, b['out'])}"], b["limit"])
+def stage_bench(s, name, b):
+    s.run(name, [
+        "run.py", "--mode=benchmark", "--config=experiments/dbl_conv_relu.py",
+        f"--batch_sizes={b['batch_sizes']}", f"--conv_impls={b['conv_impls']}",
+        f"--dtypes={b['dtypes']}", f"--bench_images={b['bench_images']}", "--repeats=3",
+        f"--benchmark_out={os.path.join(s.out, name + '.json')}"], b["limit"])
 
 
-def stage_speedrun(s, p):
-    for seed in p["speedrun_seeds"]:
-        w = os.path.join(s.runs, f"speedrun_seed{seed}")
-        t = time.time()
-        code = s.run(f"speedrun seed {seed}", [
-            "run.py", "--config=experiments/speedrun.py", f"--workdir={w}", "--overwrite",
-            f"--config.seed={seed}", *p["overrides"]], 90)
-        s.say(f"speedrun seed {seed}: exit {code}, end to end {time.time() - t:.1f} s")
+def stage_speedrun(s, name, seed, overrides):
+    w = os.path.join(s.runs, name)
+    t = time.time()
+    code = s.run(name, ["run.py", "--config=experiments/speedrun.py", f"--workdir={w}",
+                        "--overwrite", f"--config.seed={seed}", *overrides], 90)
+    s.say(f"{name}: exit {code}, end to end {time.time() - t:.1f} s")
 
 
 def epochs_done(workdir):
@@ -187,11 +195,11 @@ def pace_watch(s, workdir, epochs, margin):
     return watch
 
 
-def stage_train(s, name, exp, extra, overrides, epochs, margin=15):
+def stage_train(s, name, exp, extra, margin=15):
     w = os.path.join(s.runs, name)
-    watch = pace_watch(s, w, epochs, margin)
+    watch = pace_watch(s, w, num_epochs(exp, extra), margin)
     return s.run(name, ["run.py", f"--config=experiments/{exp}", f"--workdir={w}",
-                        "--overwrite", *overrides, *extra], 100_000, watch)
+                        "--overwrite", *extra], 100_000, watch)
 
 
 def num_epochs(exp, extra):
@@ -224,17 +232,27 @@ def main():
     ap.add_argument("--budget", type=float, default=570)
     ap.add_argument("--data_dir", default="")
     ap.add_argument("--plan", choices=sorted(PLANS), default="full")
+    ap.add_argument("--only", default="", help="comma-separated step names (default all)")
     a = ap.parse_args()
-    p = PLANS[a.plan]
+    steps = PLANS[a.plan]
+    only = [n for n in a.only.split(",") if n]
+    unknown = sorted(set(only) - {name for _, name, _ in steps})
+    if unknown:
+        ap.error(f"--only names steps not in plan {a.plan!r}: {', '.join(unknown)}")
     s = Session(a.out, a.budget, a.data_dir)
     try:
         if not stage_env(s, a.plan):
             s.say("environment check failed: nothing else run")
             return 1
-        stage_bench(s, p)
-        stage_speedrun(s, p)
-        for name, exp, extra in p["train"]:
-            stage_train(s, name, exp, extra, p["overrides"], num_epochs(exp, extra))
+        for kind, name, arg in steps:
+            if only and name not in only:
+                continue
+            if kind == "bench":
+                stage_bench(s, name, arg)
+            elif kind == "speedrun":
+                stage_speedrun(s, name, arg, SMOKE_OVERRIDES.get(a.plan, []))
+            else:
+                stage_train(s, name, *arg)
     finally:
         pack(s)
         s.say(f"done, {s.left():.0f} s of the budget left")

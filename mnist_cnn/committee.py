@@ -78,9 +78,11 @@ def load_run(workdir: str):
     return config, model, state.params, epoch if not steps else f"{epoch} + {steps} steps"
 
 
-def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200):
-    """(members, N, 10) softmax outputs of one run's network(s)."""
-    probs = train.make_predict(model, eval_batch_size, stacked)(params, images)
+def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200,
+                         eval_shifts=0):
+    """(members, N, 10) softmax outputs of one run's network(s), averaged over
+    test-time shifts when eval_shifts > 0 (train.make_predict)."""
+    probs = train.make_predict(model, eval_batch_size, stacked, eval_shifts)(params, images)
     probs = np.asarray(probs)
     return probs if stacked else probs[None]
 
@@ -119,9 +121,13 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def vote_runs(workdirs, log=print) -> dict:
+def vote_runs(workdirs, log=print, eval_shifts=None) -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
-    the first run's config finds its data), tallies."""
+    the first run's config finds its data), tallies. eval_shifts: test-time shifts for
+    every network (config.eval_shifts); None: each run's own."""
+    if eval_shifts is not None and not 0 <= eval_shifts < 28:
+        raise CommitteeError(f"--vote_eval_shifts must be in [0, 27] pixels (or -1: each "
+                             f"run's own config.eval_shifts), got {eval_shifts}")
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")
@@ -133,17 +139,19 @@ def vote_runs(workdirs, log=print) -> dict:
     for workdir in workdirs:
         config, model, params, epoch = load_run(workdir)
         stacked = max(config.num_members, config.num_runs) > 1
-        v = member_probabilities(model, params, stacked, val_x, config.eval_batch_size)
-        t = member_probabilities(model, params, stacked, test_x, config.eval_batch_size)
+        shifts = config.eval_shifts if eval_shifts is None else eval_shifts
+        v = member_probabilities(model, params, stacked, val_x, config.eval_batch_size, shifts)
+        t = member_probabilities(model, params, stacked, test_x, config.eval_batch_size, shifts)
         for i in range(len(v)):
             names.append(f"{workdir}[{i}]" if stacked else workdir)
             epochs.append(epoch)
         pv.append(v)
         pt.append(t)
-        log(f"{workdir}: {len(v)} network(s) at epoch {epoch}")
+        log(f"{workdir}: {len(v)} network(s) at epoch {epoch}"
+            + (f", {len(train.eval_views(shifts))} test-time views" if shifts else ""))
     result = tally(np.concatenate(pv), np.concatenate(pt), ds.validation.labels,
                    ds.test.labels, names)
     for m, e in zip(result["members"], epochs):
         m["epoch"] = e
-    result.update(runs=list(workdirs), data_source=ds.source)
+    result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts)
     return result

@@ -94,6 +94,9 @@ def base_config():
     c.bn_calibration_images = 10_000  # batch-norm layers: population moments from the
                                       # first N training images after each epoch
     c.eval_batch_size = 200     # fastest measured on a 2-core CPU (100-500 are close)
+    c.eval_shifts = 0           # test-time augmentation: evaluation averages the softmax
+                                # over each image and its shifts by 1..k pixels up, down,
+                                # left and right (4k + 1 views); 0: the image alone
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
     c.keep_checkpoints = 3      # the newest K checkpoints are kept
@@ -119,7 +122,7 @@ def validate(c):
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
                   "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
                   "num_members", "num_runs", "num_devices", "micro_batch",
-                  "bn_calibration_images"):
+                  "bn_calibration_images", "eval_shifts"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
@@ -148,6 +151,8 @@ def validate(c):
            f"config.vote must be plurality or mean_softmax, got {c.vote!r}")
     _check(0 <= c.augment_shift < 28, f"config.augment_shift must be in [0, 27] pixels "
            f"(a shift of 28 or more leaves a blank image), got {c.augment_shift}")
+    _check(0 <= c.eval_shifts < 28, f"config.eval_shifts must be in [0, 27] pixels "
+           f"(0: no test-time shifts; 28 or more leaves a blank image), got {c.eval_shifts}")
     for field in ("augment_rotate", "augment_scale"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
     _check(0 <= c.augment_rotate < 180, f"config.augment_rotate must be in [0, 180) "

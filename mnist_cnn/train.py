@@ -311,11 +311,22 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
     return chunk
 
 
-def make_predict(model, eval_batch_size: int, stacked: bool = False):
+def eval_views(shifts: int):
+    """The (dy, dx) shifts test-time augmentation averages over: the image itself, then
+    for s = 1..shifts the book's four directions (down, up, right, left) by s pixels."""
+    return [(0, 0)] + [(s * dy, s * dx) for s in range(1, shifts + 1)
+                       for dy, dx in data.BOOK_SHIFTS]
+
+
+def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int = 0):
     """Returns jitted predict(params, images_u8, keep=None) -> softmax probabilities
     (N, 10), or (members, N, 10) for stacked params; evaluated in batches of
     eval_batch_size. keep: a vmapped sweep's dropout keep probabilities (traced_hp's
-    "keep", one per member), for network3's (1-p) scaling at evaluation."""
+    "keep", one per member), for network3's (1-p) scaling at evaluation.
+    shifts: test-time augmentation (config.eval_shifts): the probabilities are the mean
+    of the softmax over eval_views(shifts), each image shifted with the vacated pixels
+    zeroed (data.shift_image); 0: the image alone."""
+    views = eval_views(shifts)
 
     def probs(params, images, keep=None):
         n = images.shape[0]
@@ -323,8 +334,12 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False):
         pad = (-n) % bs
         xs = jnp.pad(images, ((0, pad), (0, 0), (0, 0))).reshape(-1, bs, *images.shape[1:])
         kw = {} if keep is None else dict(keep_probs=keep)
-        batch = lambda x: jax.nn.softmax(
+        one = lambda x: jax.nn.softmax(
             model.apply({"params": params}, data.to_float(x), train=False, **kw))
+        def batch(x):
+            if len(views) == 1:
+                return one(x)
+            return sum(one(data.shift_image(x, dy, dx)) for dy, dx in views) / len(views)
         return lax.map(batch, xs).reshape(-1, 10)[:n]
 
     if not stacked:

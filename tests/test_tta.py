@@ -1,0 +1,108 @@
+"""Test-time augmentation (config.eval_shifts): evaluation as the mean softmax over each
+image and its shifted copies, against a numpy reference; wired through the driver and
+the committee; bad values."""
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_cnn import committee, driver, ensemble, networks, train
+from mnist_cnn import config as config_lib
+from tests.test_run import assert_user_error, run
+from tests.test_train import fake_data, tiny_config
+
+
+def np_shift(images, dy, dx):
+    """numpy reference: image moved dy rows down and dx columns right, the vacated rows
+    and columns zero (expand_mnist.py's roll with the wrapped part cleared)."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:]
+    src = images[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+    out[:, max(0, dy):max(0, dy) + src.shape[1], max(0, dx):max(0, dx) + src.shape[2]] = src
+    return out
+
+
+def reference_probs(predict_one, params, images, shifts):
+    """The mean of the plain network's softmax over the 4 * shifts + 1 views."""
+    x = np.asarray(images)
+    views = [(0, 0)] + [(s * dy, s * dx) for s in range(1, shifts + 1)
+                        for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]
+    return np.mean([np.asarray(predict_one(params, np_shift(x, dy, dx))) for dy, dx in views],
+                   axis=0)
+
+
+def test_views_are_the_image_and_its_shifts_in_the_books_directions():
+    assert train.eval_views(0) == [(0, 0)]
+    assert train.eval_views(1) == [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    assert set(train.eval_views(2)) == {(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1),
+                                        (2, 0), (-2, 0), (0, 2), (0, -2)}
+    x = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 251
+    np.testing.assert_array_equal(np_shift(x, 1, 0)[:, 1:], x[:, :-1])
+    assert not np_shift(x, 1, 0)[:, 0].any() and not np_shift(x, 0, -2)[:, :, -2:].any()
+
+
+@pytest.mark.parametrize("shifts", [1, 2])
+def test_predict_averages_the_softmax_over_shifted_views(shifts):
+    c = tiny_config()
+    model = networks.from_config(c)
+    state = train.init_state(model, train.make_optimizer(c, 10), 0)
+    images, _ = fake_data(7)   # 7 images in batches of 3: a padded last batch
+    plain = train.make_predict(model, 3)
+    got = np.asarray(train.make_predict(model, 3, shifts=shifts)(state.params, images))
+    want = reference_probs(plain, state.params, images, shifts)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+    # ... and it is not the plain prediction (the views do change the output).
+    assert np.abs(got - np.asarray(plain(state.params, images))).max() > 1e-3
+
+
+def test_stacked_members_each_average_their_own_views():
+    c = tiny_config()
+    model = networks.from_config(c)
+    stacked = train.init_states(model, train.make_optimizer(c, 10), 0, 3)
+    images, _ = fake_data(5)
+    got = np.asarray(train.make_predict(model, 5, stacked=True, shifts=1)(stacked.params,
+                                                                           images))
+    for i in range(3):
+        alone = train.make_predict(model, 5, shifts=1)(ensemble.member(stacked.params, i),
+                                                      images)
+        np.testing.assert_allclose(got[i], np.asarray(alone), rtol=1e-5, atol=1e-6)
+
+
+def test_run_reports_accuracy_with_test_time_shifts(tmp_path, mnist_dir):
+    """A driver run with eval_shifts=1: its final test accuracy is the numpy reference's
+    (mean softmax of the restored network over the five views), and the committee gives
+    that with the run's own setting and the plain accuracy with --vote_eval_shifts=0."""
+    from experiments import modern
+    c = modern.get_config("fc=16,bn=1")
+    c.update(dict(num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30,
+                  plots=False, bn_calibration_images=200, eval_shifts=1))
+    c.layers[0].features, c.layers[1].features = 4, 8
+    summary = driver.run(c, str(tmp_path / "r"), log=lambda *a: None)
+    config, model, params, _ = committee.load_run(str(tmp_path / "r"))
+    from mnist_cnn import data
+    ds = data.load(data_dir=mnist_dir)
+    plain = train.make_predict(model, 200)
+    want = reference_probs(plain, params, ds.test.images, 1)
+    acc = float(np.mean(want.argmax(-1) == ds.test.labels))
+    assert summary["final_test_accuracy"] == pytest.approx(acc, abs=1e-4)
+    own = committee.vote_runs([str(tmp_path / "r")], log=lambda *a: None)
+    assert own["members"][0]["test_accuracy"] == pytest.approx(acc, abs=1e-4)
+    none = committee.vote_runs([str(tmp_path / "r")], log=lambda *a: None, eval_shifts=0)
+    plain_acc = float(np.mean(np.asarray(plain(params, jax.device_put(ds.test.images)))
+                              .argmax(-1) == ds.test.labels))
+    assert none["members"][0]["test_accuracy"] == pytest.approx(plain_acc, abs=1e-4)
+    assert abs(plain_acc - acc) > 1e-3   # so the checks above tell the two apart
+
+
+def test_bad_eval_shifts(tmp_path):
+    for bad in (-1, 28):
+        c = tiny_config(eval_shifts=bad)
+        with pytest.raises(config_lib.ConfigError, match="eval_shifts"):
+            config_lib.validate(c)
+    proc = run("--config=experiments/modern.py", f"--workdir={tmp_path / 'w'}",
+               "--config.eval_shifts=30")
+    assert_user_error(proc, "config.eval_shifts must be in [0, 27]")
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(committee.CommitteeError, match="--vote_eval_shifts"):
+        committee.vote_runs([str(tmp_path)], eval_shifts=40)

@@ -193,6 +193,11 @@ def test_default_conv_impl_per_backend():
     assert L.default_conv_impl("gpu", batch=10) == "patches"
     assert L.default_conv_impl("gpu", batch=128) == "patches"
     assert L.default_conv_impl("gpu", batch=1024) == "xla"
+    assert L.default_conv_impl("gpu", batch=1024, dtype=jnp.float32) == "xla"
+    assert L.default_conv_impl("gpu", batch=1024, dtype=jnp.bfloat16) == "patches"
+    assert L.default_conv_impl("gpu", batch=1024, dtype="bfloat16") == "patches"
+    assert L.default_conv_impl("cpu", batch=10, dtype=jnp.bfloat16) == "patches"
+    assert L.default_conv_impl("tpu", batch=10, dtype=jnp.bfloat16) == "xla"
     assert L.default_conv_impl("tpu", batch=10) == "xla"
 
 

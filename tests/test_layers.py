@@ -60,6 +60,24 @@ def test_conv2d_matches_numpy_loops(impl, shape, kernel, stride, padding):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape,kernel,stride", [((2, 12, 12, 3), (5, 5), (1, 1)),
+                                                  ((1, 28, 28, 1), (5, 5), (1, 1)),
+                                                  ((2, 9, 11, 2), (2, 3), (2, 1)),
+                                                  ((1, 12, 12, 2), (9, 9), (1, 1)),
+                                                  ((1, 5, 5, 4), (1, 1), (1, 1))])
+def test_patches_are_numpy_im2col_in_i_j_c_order(shape, kernel, stride):
+    """extract_patches (a nested stack, for XLA CPU's fusion) against a numpy im2col
+    whose last axis runs over (i, j, c): the order an HWIO kernel reshapes to."""
+    x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    (kh, kw), (sh, sw) = kernel, stride
+    n, h, w, c = shape
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    want = np.zeros((n, ho, wo, kh * kw * c), np.float32)
+    for a, b in itertools.product(range(ho), range(wo)):
+        want[:, a, b] = x[:, a * sh:a * sh + kh, b * sw:b * sw + kw, :].reshape(n, -1)
+    np.testing.assert_array_equal(L.extract_patches(jnp.asarray(x), kernel, stride), want)
+
+
 def test_same_padding_keeps_size_at_stride_one():
     x = jnp.ones((1, 7, 7, 1))
     w = jnp.ones((5, 5, 1, 2))

@@ -93,6 +93,33 @@ def extract_patches(x, kernel, stride=1):
     return jnp.stack(rows, axis=3).reshape(n, ho, wo, kh * kw * c)
 
 
+_CONTRACT_ROWS = (((0,), (0,)), ((), ()))
+
+
+@jax.custom_vjp
+def _patch_matmul(p, w):
+    """p @ w for a patch matrix (M, K) and a reshaped kernel (K, O), with the backward
+    pass XLA's CPU backend runs faster: the kernel's gradient as (g^T @ p)^T instead of
+    autodiff's p^T @ g (at dbl_conv_relu's conv 2 in micro-batches of 64, M = 4096,
+    K = 500, O = 40: 1.4 ms instead of 2.2 ms). The optimization barrier keeps XLA from
+    folding the transpose back into the dot. Same values up to float rounding; reverse
+    mode only (nothing here uses forward-mode autodiff)."""
+    return p @ w
+
+
+def _patch_matmul_fwd(p, w):
+    return p @ w, (p, w)
+
+
+def _patch_matmul_bwd(res, g):
+    p, w = res
+    dw = lax.optimization_barrier(lax.dot_general(g, p, _CONTRACT_ROWS)).T
+    return g @ w.T, dw
+
+
+_patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+
+
 def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
     """2-D convolution (cross-correlation, as Theano's and every framework's conv2d).
 
@@ -120,9 +147,11 @@ def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
             x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
         patches = extract_patches(x, (kh, kw), stride)
         # A 2-D matmul: its autodiff transposes stay plain 2-D matmuls, which XLA's CPU
-        # backend runs ~3x faster than the 4-D dot_general the unreshaped form gives.
+        # backend runs ~3x faster than the 4-D dot_general the unreshaped form gives;
+        # on a CPU with the kernel gradient in the faster orientation (_patch_matmul).
         n, ho, wo, k = patches.shape
-        y = (patches.reshape(-1, k) @ w.reshape(k, -1)).reshape(n, ho, wo, -1)
+        matmul = _patch_matmul if jax.default_backend() == "cpu" else jnp.matmul
+        y = matmul(patches.reshape(-1, k), w.reshape(k, -1)).reshape(n, ho, wo, -1)
     return y if b is None else y + b
 
 

@@ -78,6 +78,28 @@ def test_patches_are_numpy_im2col_in_i_j_c_order(shape, kernel, stride):
     np.testing.assert_array_equal(L.extract_patches(jnp.asarray(x), kernel, stride), want)
 
 
+def test_patch_matmul_gradients_match_plain_matmul_and_numpy():
+    """conv2d's CPU matmul with the kernel gradient as (g^T p)^T: the same value and
+    gradients as autodiff of p @ w (and numpy's p^T g, g w^T), stacked under vmap too."""
+    rng = np.random.default_rng(3)
+    p = rng.normal(size=(64, 50)).astype(np.float32)
+    w = rng.normal(size=(50, 7)).astype(np.float32)
+    g = rng.normal(size=(64, 7)).astype(np.float32)
+    f = lambda mm: lambda p, w: jnp.sum(mm(p, w) * g)
+    np.testing.assert_allclose(L._patch_matmul(p, w), p @ w, rtol=1e-5, atol=1e-4)
+    dp, dw = jax.grad(f(L._patch_matmul), argnums=(0, 1))(p, w)
+    np.testing.assert_allclose(dw, p.T @ g, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dp, g @ w.T, rtol=1e-5, atol=1e-4)
+    ref = jax.grad(f(jnp.matmul), argnums=(0, 1))(p, w)
+    np.testing.assert_allclose(dw, ref[1], rtol=1e-5, atol=1e-4)
+    ps, ws = np.stack([p, 2 * p]), np.stack([w, -w])
+    loss = lambda mm: lambda ps, ws: jnp.sum(jax.vmap(mm)(ps, ws) * g)
+    got = jax.grad(loss(L._patch_matmul), argnums=(0, 1))(ps, ws)
+    want = jax.grad(loss(jnp.matmul), argnums=(0, 1))(ps, ws)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_same_padding_keeps_size_at_stride_one():
     x = jnp.ones((1, 7, 7, 1))
     w = jnp.ones((5, 5, 1, 2))

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each plan is an ordered list of steps, most wanted first, each with a name that
 # --only can pick (a second call on the same lent machine runs what the first left):
 #   ("bench", name, sweep)    run.py --mode=benchmark on dbl_conv_relu
-#   ("speedrun", name, seed)  experiments/speedrun.py end to end
+#   ("speedrun", name, (seed, extra flags))  experiments/speedrun.py end to end
 #   ("train", name, (experiment, extra flags))  a whole run, stopped early when its
 #                             finished epochs project its end past the deadline
 PLANS = {
@@ -54,7 +54,7 @@ PLANS = {
                                      dtypes="bfloat16", bench_images=30720, limit=60)),
         ("train", "modern_bn_ens10",
          ("modern.py:members=10,bn=1,rot=10,zoom=0.1,epochs=40", [])),
-        ("speedrun", "speedrun_seed0", 0),
+        ("speedrun", "speedrun_seed0", (0, [])),
         ("train", "expanded_1000", ("expanded_data.py:n=1000", [])),
         ("train", "x2fc_1000", ("expanded_data_double_fc.py:n=1000", [])),
     ],
@@ -67,10 +67,9 @@ PLANS = {
                                     dtypes="float32", bench_images=1280, limit=120)),
         ("train", "modern_1", ("modern.py:members=2,epochs=3,rot=10,zoom=0.1,bn=1",
                                ["--config.train_size=256"])),
-        ("speedrun", "speedrun_seed0", 0),
+        ("speedrun", "speedrun_seed0", (0, ["--config.train_size=256"])),
     ],
 }
-SMOKE_OVERRIDES = {"smoke": ["--config.train_size=256"]}
 
 
 class Session:
@@ -155,11 +154,11 @@ def stage_bench(s, name, b):
         f"--benchmark_out={os.path.join(s.out, name + '.json')}"], b["limit"])
 
 
-def stage_speedrun(s, name, seed, overrides):
+def stage_speedrun(s, name, seed, extra):
     w = os.path.join(s.runs, name)
     t = time.time()
     code = s.run(name, ["run.py", "--config=experiments/speedrun.py", f"--workdir={w}",
-                        "--overwrite", f"--config.seed={seed}", *overrides], 90)
+                        "--overwrite", f"--config.seed={seed}", *extra], 90)
     s.say(f"{name}: exit {code}, end to end {time.time() - t:.1f} s")
 
 
@@ -250,7 +249,7 @@ def main():
             if kind == "bench":
                 stage_bench(s, name, arg)
             elif kind == "speedrun":
-                stage_speedrun(s, name, arg, SMOKE_OVERRIDES.get(a.plan, []))
+                stage_speedrun(s, name, *arg)
             else:
                 stage_train(s, name, *arg)
     finally:

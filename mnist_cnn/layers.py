@@ -82,7 +82,7 @@ def extract_patches(x, kernel, stride=1):
     operands, or one along the minor axis, unfused (every slice written out, then copied
     again), while these 5-operand stacks on an outer axis fuse into one loop that writes
     the patch matrix once: dbl_conv_relu trains 1.09x faster at mini-batch 128 on two
-    cores, ~1.6x on one, and evaluates 1.2x faster (BENCHMARKS.md).
+    cores and evaluates 1.2x faster; with _patch_matmul, 1.9x on one core (BENCHMARKS.md).
     """
     kh, kw = _pair(kernel, "kernel")
     slices = _window_slices(x, (kh, kw), _pair(stride, "stride"), "kernel")

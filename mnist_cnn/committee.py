@@ -125,9 +125,10 @@ def vote_runs(workdirs, log=print, eval_shifts=None) -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
     the first run's config finds its data), tallies. eval_shifts: test-time shifts for
     every network (config.eval_shifts); None: each run's own."""
-    if eval_shifts is not None and not 0 <= eval_shifts < 28:
-        raise CommitteeError(f"--vote_eval_shifts must be in [0, 27] pixels (or -1: each "
-                             f"run's own config.eval_shifts), got {eval_shifts}")
+    if eval_shifts is not None and not 0 <= eval_shifts <= config_lib.MAX_SHIFT:
+        raise CommitteeError(f"--vote_eval_shifts must be in [0, {config_lib.MAX_SHIFT}] "
+                             f"pixels (or -1: each run's own config.eval_shifts), "
+                             f"got {eval_shifts}")
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")

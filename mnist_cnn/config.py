@@ -104,6 +104,9 @@ def base_config():
     return c
 
 
+MAX_SHIFT = 27   # pixels: a shift of 28 or more leaves a 28x28 image blank
+
+
 def _check(cond, msg):
     if not cond:
         raise ConfigError(msg)
@@ -149,10 +152,12 @@ def validate(c):
            "cannot both exceed 1: train an ensemble, or repeat a single network")
     _check(c.vote in ("plurality", "mean_softmax"),
            f"config.vote must be plurality or mean_softmax, got {c.vote!r}")
-    _check(0 <= c.augment_shift < 28, f"config.augment_shift must be in [0, 27] pixels "
-           f"(a shift of 28 or more leaves a blank image), got {c.augment_shift}")
-    _check(0 <= c.eval_shifts < 28, f"config.eval_shifts must be in [0, 27] pixels "
-           f"(0: no test-time shifts; 28 or more leaves a blank image), got {c.eval_shifts}")
+    _check(0 <= c.augment_shift <= MAX_SHIFT, f"config.augment_shift must be in "
+           f"[0, {MAX_SHIFT}] pixels (a shift of 28 or more leaves a blank image), "
+           f"got {c.augment_shift}")
+    _check(0 <= c.eval_shifts <= MAX_SHIFT, f"config.eval_shifts must be in [0, {MAX_SHIFT}] "
+           f"pixels (0: no test-time shifts; 28 or more leaves a blank image), "
+           f"got {c.eval_shifts}")
     for field in ("augment_rotate", "augment_scale"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
     _check(0 <= c.augment_rotate < 180, f"config.augment_rotate must be in [0, 180) "

@@ -79,6 +79,9 @@ def base_config():
     c.augment_shift = 0         # on-the-fly random shifts of up to k pixels (0: off)
     c.augment_rotate = 0.0      # on-the-fly random rotations of up to this many degrees
     c.augment_scale = 0.0       # on-the-fly random zoom by a factor in [1 - s, 1 + s]
+    c.augment_elastic = 0.0     # on-the-fly elastic distortion (Simard et al. 2003): the
+                                # displacement field's scale alpha in pixels (0: off)
+    c.augment_elastic_sigma = 4.0  # its Gaussian smoothing, std in pixels
     c.num_members = 1           # >1: an ensemble trained together (vmapped), voting
     c.vote = "plurality"        # plurality (the book) | mean_softmax
     c.num_runs = 1              # >1: independent runs (vmapped); the best validation is kept
@@ -158,12 +161,19 @@ def validate(c):
     _check(0 <= c.eval_shifts <= MAX_SHIFT, f"config.eval_shifts must be in [0, {MAX_SHIFT}] "
            f"pixels (0: no test-time shifts; 28 or more leaves a blank image), "
            f"got {c.eval_shifts}")
-    for field in ("augment_rotate", "augment_scale"):
+    for field in ("augment_rotate", "augment_scale", "augment_elastic",
+                  "augment_elastic_sigma"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
     _check(0 <= c.augment_rotate < 180, f"config.augment_rotate must be in [0, 180) "
            f"degrees, got {c.augment_rotate}")
     _check(0 <= c.augment_scale < 1, f"config.augment_scale must be in [0, 1) (a zoom "
            f"factor in [1 - s, 1 + s]), got {c.augment_scale}")
+    _check(0 <= c.augment_elastic <= 100, f"config.augment_elastic must be in [0, 100] "
+           f"(the displacement field's scale alpha; Simard et al. used 34), "
+           f"got {c.augment_elastic}")
+    _check(0.5 <= c.augment_elastic_sigma <= 10, f"config.augment_elastic_sigma must be in "
+           f"[0.5, 10] pixels (the field's smoothing; Simard et al. used 4), "
+           f"got {c.augment_elastic_sigma}")
     for field in ("shuffle", "expand_data", "nesterov", "download", "plots"):
         _check(isinstance(c[field], bool), f"config.{field} must be True or False, "
                f"got {c[field]!r}")

@@ -349,24 +349,29 @@ def random_shift(key, images, max_shift: int):
     return jax.vmap(crop)(padded, offsets)
 
 
-def affine(images, theta, scale):
-    """Each image of a (B, H, W) float batch rotated by its own angle theta[b] (radians)
-    and zoomed by scale[b] about the image centre, by bilinear interpolation with zeros
-    outside the image (scipy.ndimage's mode='grid-constant'). Output pixel o samples the
-    input at R(-theta) (o - c) / scale + c. Pure and jittable."""
+def affine_coords(theta, scale, h: int, w: int):
+    """Where each output pixel of an (h, w) image samples its input under a rotation by
+    theta[b] (radians) and a zoom by scale[b] about the image centre: two (B, h, w) maps
+    (row, column), R(-theta) (o - c) / scale + c."""
     import jax.numpy as jnp
-    b, h, w = images.shape
     ci, cj = (h - 1) / 2, (w - 1) / 2
     ii, jj = jnp.meshgrid(jnp.arange(h) - ci, jnp.arange(w) - cj, indexing="ij")
     cos = (jnp.cos(theta) / scale)[:, None, None]
     sin = (jnp.sin(theta) / scale)[:, None, None]
-    si = cos * ii + sin * jj + ci
-    sj = -sin * ii + cos * jj + cj
+    return cos * ii + sin * jj + ci, -sin * ii + cos * jj + cj
+
+
+def sample_bilinear(images, si, sj):
+    """A (B, H, W) float batch sampled at the (B, H, W) coordinate maps si (rows) and sj
+    (columns) by bilinear interpolation, zeros outside the image (scipy.ndimage's
+    mode='grid-constant'). Pure and jittable: one flat gather per corner."""
+    import jax.numpy as jnp
+    b, h, w = images.shape
     i0, j0 = jnp.floor(si), jnp.floor(sj)
     di, dj = si - i0, sj - j0
     padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1))).reshape(b, -1)
 
-    def at(i, j):   # clipped into the zero border, then one flat gather per corner
+    def at(i, j):   # clipped into the zero border
         i = jnp.clip(i, -1, h).astype(jnp.int32) + 1
         j = jnp.clip(j, -1, w).astype(jnp.int32) + 1
         flat = (i * (w + 2) + j).reshape(b, -1)
@@ -374,6 +379,52 @@ def affine(images, theta, scale):
 
     return ((1 - di) * (1 - dj) * at(i0, j0) + (1 - di) * dj * at(i0, j0 + 1)
             + di * (1 - dj) * at(i0 + 1, j0) + di * dj * at(i0 + 1, j0 + 1))
+
+
+def affine(images, theta, scale):
+    """Each image of a (B, H, W) float batch rotated by its own angle theta[b] (radians)
+    and zoomed by scale[b] about the image centre, by bilinear interpolation with zeros
+    outside the image (scipy.ndimage's mode='grid-constant'). Output pixel o samples the
+    input at R(-theta) (o - c) / scale + c. Pure and jittable."""
+    _, h, w = images.shape
+    return sample_bilinear(images, *affine_coords(theta, scale, h, w))
+
+
+def gaussian_smoother(n: int, sigma: float):
+    """The (n, n) matrix G with G @ f = a 1-D Gaussian filter (std sigma pixels) of f along
+    its first axis, zeros beyond the ends, the kernel truncated at 4 sigma and normalised
+    over its support: scipy.ndimage.gaussian_filter1d(mode='constant'). numpy, built once
+    per trace."""
+    import numpy as np
+    radius = int(4.0 * sigma + 0.5)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    d = np.arange(n)[:, None] - np.arange(n)[None, :]
+    return np.where(np.abs(d) <= radius, taps[np.clip(d + radius, 0, 2 * radius)],
+                    0.0).astype(np.float32)
+
+
+def elastic_displacement(key, b: int, h: int, w: int, alpha: float, sigma: float):
+    """Simard, Steinkraus & Platt (2003)'s elastic distortion field, one per image: a
+    uniform [-1, 1] displacement per pixel and direction, smoothed by a Gaussian of std
+    sigma pixels and scaled by alpha. Returns (dy, dx), each (B, h, w)."""
+    import jax
+    import jax.numpy as jnp
+    raw = jax.random.uniform(key, (2, b, h, w), minval=-1.0, maxval=1.0)
+    g_h, g_w = jnp.asarray(gaussian_smoother(h, sigma)), jnp.asarray(gaussian_smoother(w, sigma))
+    smooth = jnp.einsum("ik,zbkl,jl->zbij", g_h, raw, g_w) * alpha
+    return smooth[0], smooth[1]
+
+
+def warp(images, theta, scale, dy=None, dx=None):
+    """An affine map (as `affine`) and, when dy/dx are given, an elastic displacement
+    added to the sampling coordinates: output pixel o samples the input at
+    R(-theta) (o - c) / scale + c + (dy[o], dx[o]). One bilinear pass, zeros outside."""
+    _, h, w = images.shape
+    si, sj = affine_coords(theta, scale, h, w)
+    if dy is not None:
+        si, sj = si + dy, sj + dx
+    return sample_bilinear(images, si, sj)
 
 
 def random_affine(key, images, max_degrees: float, max_scale: float):
@@ -387,3 +438,20 @@ def random_affine(key, images, max_degrees: float, max_scale: float):
     theta = jax.random.uniform(k_rot, (b,), minval=-max_degrees, maxval=max_degrees)
     scale = 1 + jax.random.uniform(k_scale, (b,), minval=-max_scale, maxval=max_scale)
     return affine(images, theta * (jnp.pi / 180), scale)
+
+
+def random_warp(key, images, max_degrees: float, max_scale: float, alpha: float = 0.0,
+                sigma: float = 4.0):
+    """random_affine's rotations and zooms (the same draws from the same key), plus, when
+    alpha > 0, an elastic distortion of each image (elastic_displacement with alpha and
+    sigma, from a key of its own), all in one bilinear pass. Jittable."""
+    import jax
+    import jax.numpy as jnp
+    if not alpha:
+        return random_affine(key, images, max_degrees, max_scale)
+    b, h, w = images.shape
+    k_rot, k_scale = jax.random.split(key)
+    theta = jax.random.uniform(k_rot, (b,), minval=-max_degrees, maxval=max_degrees)
+    scale = 1 + jax.random.uniform(k_scale, (b,), minval=-max_scale, maxval=max_scale)
+    dy, dx = elastic_displacement(jax.random.fold_in(key, 7), b, h, w, alpha, sigma)
+    return warp(images, theta * (jnp.pi / 180), scale, dy, dx)

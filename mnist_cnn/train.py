@@ -272,6 +272,7 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
     bs = config.batch_size
     shift = config.augment_shift
     rotate, zoom = config.augment_rotate, config.augment_scale
+    elastic, sigma = config.augment_elastic, config.augment_elastic_sigma
 
     def per_device(x, y):
         if axis_name is None:
@@ -294,9 +295,9 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
                     x = data.random_shift(key, x, shift)
                 x = data.to_float(x)
-                if rotate or zoom:
+                if rotate or zoom or elastic:
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 3), state.step)
-                    x = data.random_affine(key, x[..., 0], rotate, zoom)[..., None]
+                    x = data.random_warp(key, x[..., 0], rotate, zoom, elastic, sigma)[..., None]
                 x, y = per_device(x, y)
                 return step(state, x, y, hp)
 

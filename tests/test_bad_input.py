@@ -59,6 +59,9 @@ CONFIG_CASES = [
     ("augment_shift=28", "augment_shift"), ("augment_shift=-1", "augment_shift"),
     ("augment_rotate=180", "augment_rotate"), ("augment_rotate=-5", "augment_rotate"),
     ("augment_scale=1.0", "augment_scale"), ("augment_scale=-0.1", "augment_scale"),
+    ("augment_elastic=-1", "augment_elastic"), ("augment_elastic=500", "augment_elastic"),
+    ("augment_elastic_sigma=0", "augment_elastic_sigma"),
+    ("augment_elastic_sigma=abc", "augment_elastic_sigma"),
     ("num_members=0", "num_members"), ("num_runs=0", "num_runs"),
     ("vote=borda", "vote"),
     ("num_runs=2000000", "GiB"),                  # more runs than memory allows

@@ -1005,3 +1005,74 @@ def test_random_affine_draws_per_image_within_range_and_is_seeded():
     # Zero ranges leave the images as they are.
     np.testing.assert_allclose(np.asarray(data.random_affine(key, images, 0.0, 0.0)), images,
                                atol=1e-6)
+
+
+def test_gaussian_smoother_matches_scipy_gaussian_filter():
+    from scipy import ndimage
+    rng = np.random.default_rng(6)
+    field = rng.uniform(-1, 1, (28, 28))
+    for sigma in (0.8, 4.0, 6.0):
+        g = data.gaussian_smoother(28, sigma).astype(np.float64)
+        want = ndimage.gaussian_filter(field, sigma, mode="constant", cval=0.0, truncate=4.0)
+        np.testing.assert_allclose(g @ field @ g.T, want, atol=1e-6)
+
+
+def test_warp_matches_scipy_map_coordinates_with_affine_and_elastic_field():
+    """The combined map samples at R(-theta)(o - c)/s + c + d(o): scipy's bilinear
+    map_coordinates at those points is the independent reference."""
+    from scipy import ndimage
+    rng = np.random.default_rng(8)
+    images = rng.random((4, 28, 28)).astype(np.float32)
+    theta = np.array([0.0, 0.2, -0.4, 1.0], np.float32)
+    scale = np.array([1.0, 0.9, 1.1, 1.2], np.float32)
+    dy = rng.normal(0, 1.5, (4, 28, 28)).astype(np.float32)
+    dx = rng.normal(0, 1.5, (4, 28, 28)).astype(np.float32)
+    dy[0, 0, 0], dx[0, 0, 0] = -40.0, 3.0      # far outside: zero
+    got = np.asarray(data.warp(images, theta, scale, dy, dx))
+    c = 13.5
+    ii, jj = np.meshgrid(np.arange(28) - c, np.arange(28) - c, indexing="ij")
+    for b in range(4):
+        cos, sin = np.cos(theta[b]) / scale[b], np.sin(theta[b]) / scale[b]
+        si = cos * ii + sin * jj + c + dy[b]
+        sj = -sin * ii + cos * jj + c + dx[b]
+        want = ndimage.map_coordinates(images[b].astype(np.float64), [si, sj], order=1,
+                                       mode="grid-constant", cval=0.0)
+        np.testing.assert_allclose(got[b], want, atol=3e-5)
+    assert got[0, 0, 0] == 0.0
+    # Without a field, warp is affine.
+    np.testing.assert_allclose(np.asarray(data.warp(images, theta, scale)),
+                               np.asarray(data.affine(images, theta, scale)), atol=1e-6)
+
+
+def test_elastic_displacement_is_smooth_seeded_and_scaled_by_alpha():
+    import jax
+    from scipy import ndimage
+    key = jax.random.PRNGKey(3)
+    dy, dx = (np.asarray(a) for a in data.elastic_displacement(key, 16, 28, 28, 34.0, 4.0))
+    raw = np.asarray(jax.random.uniform(key, (2, 16, 28, 28), minval=-1.0, maxval=1.0))
+    want = ndimage.gaussian_filter(raw[0, 5].astype(np.float64), 4.0, mode="constant") * 34
+    np.testing.assert_allclose(dy[5], want, atol=1e-4)
+    # Smooth: neighbouring displacements differ far less than the raw noise does.
+    assert np.abs(np.diff(dx, axis=2)).mean() < 0.25 * np.abs(dx).mean()
+    assert 0.5 < dy.std() < 3.0 and not np.allclose(dy, dx)
+    dy2, _ = data.elastic_displacement(key, 16, 28, 28, 17.0, 4.0)
+    np.testing.assert_allclose(np.asarray(dy2) * 2, dy, rtol=1e-5, atol=1e-6)
+
+
+def test_random_warp_keeps_affine_draws_and_adds_an_elastic_field():
+    import jax
+    rng = np.random.default_rng(9)
+    images = rng.random((8, 28, 28)).astype(np.float32)
+    key = jax.random.PRNGKey(11)
+    # alpha 0: exactly random_affine (old runs reproduce).
+    np.testing.assert_array_equal(np.asarray(data.random_warp(key, images, 10.0, 0.1)),
+                                  np.asarray(data.random_affine(key, images, 10.0, 0.1)))
+    out = np.asarray(data.random_warp(key, images, 10.0, 0.1, 34.0, 4.0))
+    k_rot, k_scale = jax.random.split(key)
+    theta = np.asarray(jax.random.uniform(k_rot, (8,), minval=-10.0, maxval=10.0))
+    scale = 1 + np.asarray(jax.random.uniform(k_scale, (8,), minval=-0.1, maxval=0.1))
+    dy, dx = data.elastic_displacement(jax.random.fold_in(key, 7), 8, 28, 28, 34.0, 4.0)
+    want = np.asarray(data.warp(images, np.deg2rad(theta), scale, dy, dx))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    assert not np.allclose(out, np.asarray(data.random_affine(key, images, 10.0, 0.1)),
+                           atol=1e-2)

@@ -94,11 +94,15 @@ def test_scan_equals_python_loop_of_steps():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("shift,rotate,zoom", [(0, 15.0, 0.0), (2, 10.0, 0.1), (0, 0.0, 0.2)])
-def test_scan_augments_each_step_with_its_own_seeded_affine_draw(shift, rotate, zoom):
+@pytest.mark.parametrize("shift,rotate,zoom,elastic", [
+    (0, 15.0, 0.0, 0.0), (2, 10.0, 0.1, 0.0), (0, 0.0, 0.2, 0.0), (0, 0.0, 0.0, 34.0),
+    (2, 10.0, 0.1, 20.0)])
+def test_scan_augments_each_step_with_its_own_seeded_affine_draw(shift, rotate, zoom, elastic):
     """The jitted epoch equals a Python loop that applies data.random_shift and
-    data.random_affine with the documented per-step keys; and it differs from no augmentation."""
-    c = tiny_config(augment_shift=shift, augment_rotate=rotate, augment_scale=zoom)
+    data.random_affine (data.random_warp with an elastic field) with the documented
+    per-step keys; and it differs from no augmentation."""
+    c = tiny_config(augment_shift=shift, augment_rotate=rotate, augment_scale=zoom,
+                    augment_elastic=elastic, augment_elastic_sigma=5.0)
     x, y = fake_data(20)
     nb = 5
     model, tx, state = setup(c, nb)
@@ -110,7 +114,11 @@ def test_scan_augments_each_step_with_its_own_seeded_affine_draw(shift, rotate, 
             xb = data.random_shift(jax.random.fold_in(jax.random.fold_in(loop.key, 2), loop.step),
                                    xb, shift)
         key = jax.random.fold_in(jax.random.fold_in(loop.key, 3), loop.step)
-        xf = data.random_affine(key, data.to_float(xb)[..., 0], rotate, zoom)[..., None]
+        if elastic:
+            xf = data.random_warp(key, data.to_float(xb)[..., 0], rotate, zoom, elastic, 5.0)
+        else:
+            xf = data.random_affine(key, data.to_float(xb)[..., 0], rotate, zoom)
+        xf = xf[..., None]
         loop, _ = step(loop, xf, y[4 * i:4 * i + 4])
     _, _, state2 = setup(c, nb)
     scanned, _, _ = train.make_train_chunk(model, tx, c, nb)(state2, x, y, None, 0, num_steps=nb)

@@ -170,10 +170,22 @@ def epochs_done(workdir):
         return []
 
 
+def epoch_seconds(seen, done):
+    """Seconds an epoch of a run takes, estimated from what it has finished: the median
+    wall time between epochs once three have been seen (one interval can hold a one-off
+    such as compiling the predictor or writing the first checkpoint), before that the
+    slowest finished epoch's training time plus 15% for evaluation and the checkpoint.
+    seen: [(epochs done, time first seen)]; done: the run's metrics.jsonl records."""
+    gaps = sorted((t1 - t0) / (n1 - n0) for (n0, t0), (n1, t1) in zip(seen, seen[1:]))
+    if len(gaps) >= 2:
+        mid = len(gaps) // 2
+        return gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+    return 1.15 * max(d["epoch_train_s"] for d in done)
+
+
 def pace_watch(s, workdir, epochs, margin):
-    """Stops a run whose finished epochs project its end past the deadline: the wall
-    time between epochs once two are done, before that the first epoch's training time
-    plus 15% for evaluation and the checkpoint."""
+    """Stops a run whose finished epochs project its end past the deadline (pace from
+    epoch_seconds)."""
     seen = []   # (epochs done, time first seen)
 
     def watch(proc, started):
@@ -182,10 +194,7 @@ def pace_watch(s, workdir, epochs, margin):
             return None
         if not seen or seen[-1][0] != len(done):
             seen.append((len(done), time.time()))
-        if len(seen) >= 2:
-            per_epoch = (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
-        else:
-            per_epoch = 1.15 * done[-1]["epoch_train_s"]
+        per_epoch = epoch_seconds(seen, done)
         projected = (epochs - len(done)) * per_epoch
         if projected > s.left() - margin:
             return (f"{len(done)}/{epochs} epochs done, {per_epoch:.1f} s an epoch: "

@@ -427,17 +427,22 @@ def warp(images, theta, scale, dy=None, dx=None):
     return sample_bilinear(images, si, sj)
 
 
+def _affine_draws(key, b: int, max_degrees: float, max_scale: float):
+    """Per image: an angle in radians, uniform in [-max_degrees, max_degrees] degrees, and
+    a zoom factor uniform in [1 - max_scale, 1 + max_scale]."""
+    import jax
+    import jax.numpy as jnp
+    k_rot, k_scale = jax.random.split(key)
+    theta = jax.random.uniform(k_rot, (b,), minval=-max_degrees, maxval=max_degrees)
+    scale = 1 + jax.random.uniform(k_scale, (b,), minval=-max_scale, maxval=max_scale)
+    return theta * (jnp.pi / 180), scale
+
+
 def random_affine(key, images, max_degrees: float, max_scale: float):
     """Each image of a (B, H, W) float batch rotated by a uniform angle in
     [-max_degrees, max_degrees] and zoomed by a uniform factor in [1 - max_scale,
     1 + max_scale], its own draw per image: on-the-fly augmentation inside the jitted epoch."""
-    import jax
-    import jax.numpy as jnp
-    b = images.shape[0]
-    k_rot, k_scale = jax.random.split(key)
-    theta = jax.random.uniform(k_rot, (b,), minval=-max_degrees, maxval=max_degrees)
-    scale = 1 + jax.random.uniform(k_scale, (b,), minval=-max_scale, maxval=max_scale)
-    return affine(images, theta * (jnp.pi / 180), scale)
+    return affine(images, *_affine_draws(key, images.shape[0], max_degrees, max_scale))
 
 
 def random_warp(key, images, max_degrees: float, max_scale: float, alpha: float = 0.0,
@@ -446,12 +451,9 @@ def random_warp(key, images, max_degrees: float, max_scale: float, alpha: float 
     alpha > 0, an elastic distortion of each image (elastic_displacement with alpha and
     sigma, from a key of its own), all in one bilinear pass. Jittable."""
     import jax
-    import jax.numpy as jnp
     if not alpha:
         return random_affine(key, images, max_degrees, max_scale)
     b, h, w = images.shape
-    k_rot, k_scale = jax.random.split(key)
-    theta = jax.random.uniform(k_rot, (b,), minval=-max_degrees, maxval=max_degrees)
-    scale = 1 + jax.random.uniform(k_scale, (b,), minval=-max_scale, maxval=max_scale)
+    theta, scale = _affine_draws(key, b, max_degrees, max_scale)
     dy, dx = elastic_displacement(jax.random.fold_in(key, 7), b, h, w, alpha, sigma)
-    return warp(images, theta * (jnp.pi / 180), scale, dy, dx)
+    return warp(images, theta, scale, dy, dx)

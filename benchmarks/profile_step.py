@@ -34,11 +34,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from mnist_cnn import bench, networks, train  # noqa: E402
+from mnist_cnn import bench, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -94,12 +93,7 @@ def op_times(trace_file: str, names: set[str]) -> dict[str, float]:
 
 
 def profile(c, steps: int):
-    model = networks.from_config(c)
-    tx = train.make_optimizer(c, steps)
-    state = train.init_states(model, tx, 0, 1)
-    rng = np.random.default_rng(0)
-    x = jax.device_put(rng.integers(0, 256, (steps * c.batch_size, 28, 28), dtype=np.uint8))
-    y = jax.device_put(rng.integers(0, 10, steps * c.batch_size).astype(np.int32))
+    model, tx, state, x, y = bench.training_inputs(c, steps)
     compiled = train.make_train_chunk(model, tx, c, steps).lower(
         state, x, y, None, 0, num_steps=steps).compile()
     ops = hlo_ops(compiled.as_text())

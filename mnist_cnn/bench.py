@@ -116,18 +116,26 @@ def point_config(base, batch_size: int, conv_impl: str, dtype: str, devices: int
     return c
 
 
+def training_inputs(c, steps: int):
+    """(model, optimizer, initial state, images, labels) for timing `steps` mini-batches of
+    config c: random uint8 images and labels, seed 0."""
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, steps)
+    state = train.init_states(model, tx, 0, 1)
+    rng = np.random.default_rng(0)
+    n = steps * c.batch_size
+    x = jax.device_put(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    y = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
+    return model, tx, state, x, y
+
+
 def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
             images: int, repeats: int, micro_batch: int = 0) -> dict:
     """One point of the sweep. Raises parallel.ParallelError / ConfigError for a point
     the machine or the config cannot run."""
     c = point_config(base, batch_size, conv_impl, dtype, devices, micro_batch)
     steps = max(1, images // batch_size)
-    model = networks.from_config(c)
-    tx = train.make_optimizer(c, steps)
-    state = train.init_states(model, tx, 0, 1)
-    rng = np.random.default_rng(0)
-    x = jax.device_put(rng.integers(0, 256, (steps * batch_size, 28, 28), dtype=np.uint8))
-    y = jax.device_put(rng.integers(0, 10, steps * batch_size).astype(np.int32))
+    model, tx, state, x, y = training_inputs(c, steps)
     par = parallel.setup(c, 1)
     t = time.perf_counter()
     if par is None:

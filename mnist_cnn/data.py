@@ -386,8 +386,7 @@ def affine(images, theta, scale):
     and zoomed by scale[b] about the image centre, by bilinear interpolation with zeros
     outside the image (scipy.ndimage's mode='grid-constant'). Output pixel o samples the
     input at R(-theta) (o - c) / scale + c. Pure and jittable."""
-    _, h, w = images.shape
-    return sample_bilinear(images, *affine_coords(theta, scale, h, w))
+    return warp(images, theta, scale)
 
 
 def gaussian_smoother(n: int, sigma: float):
@@ -442,7 +441,7 @@ def random_affine(key, images, max_degrees: float, max_scale: float):
     """Each image of a (B, H, W) float batch rotated by a uniform angle in
     [-max_degrees, max_degrees] and zoomed by a uniform factor in [1 - max_scale,
     1 + max_scale], its own draw per image: on-the-fly augmentation inside the jitted epoch."""
-    return affine(images, *_affine_draws(key, images.shape[0], max_degrees, max_scale))
+    return random_warp(key, images, max_degrees, max_scale)
 
 
 def random_warp(key, images, max_degrees: float, max_scale: float, alpha: float = 0.0,
@@ -451,9 +450,9 @@ def random_warp(key, images, max_degrees: float, max_scale: float, alpha: float 
     alpha > 0, an elastic distortion of each image (elastic_displacement with alpha and
     sigma, from a key of its own), all in one bilinear pass. Jittable."""
     import jax
-    if not alpha:
-        return random_affine(key, images, max_degrees, max_scale)
     b, h, w = images.shape
     theta, scale = _affine_draws(key, b, max_degrees, max_scale)
-    dy, dx = elastic_displacement(jax.random.fold_in(key, 7), b, h, w, alpha, sigma)
+    dy = dx = None
+    if alpha:
+        dy, dx = elastic_displacement(jax.random.fold_in(key, 7), b, h, w, alpha, sigma)
     return warp(images, theta, scale, dy, dx)

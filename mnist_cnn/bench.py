@@ -121,7 +121,7 @@ def training_inputs(c, steps: int):
     config c: random uint8 images and labels, seed 0."""
     model = networks.from_config(c)
     tx = train.make_optimizer(c, steps)
-    state = train.init_states(model, tx, 0, 1)
+    state = train.with_ema(train.init_states(model, tx, 0, 1), c.ema_decay)
     rng = np.random.default_rng(0)
     n = steps * c.batch_size
     x = jax.device_put(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))

@@ -62,10 +62,17 @@ def _host_local(tree):
     return jax.tree.map(np.asarray, tree)
 
 
+def _present(state_dict: dict) -> dict:
+    """The state's fields without the absent (None) ones, such as TrainState.ema when
+    weight averaging is off: a run without it saves and restores exactly the fields
+    it did before the field existed."""
+    return {k: v for k, v in state_dict.items() if v is not None}
+
+
 def save(mngr, step: int, state, meta: dict) -> None:
     """Saves `state` (a pytree) and `meta` (JSON) as checkpoint `step`, synchronously."""
     import orbax.checkpoint as ocp
-    tree = _host_local(flax.serialization.to_state_dict(state))
+    tree = _host_local(_present(flax.serialization.to_state_dict(state)))
     check_space(str(mngr.directory), tree)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                             meta=ocp.args.JsonSave(meta)), force=True)
@@ -78,11 +85,13 @@ def restore_latest(mngr, like):
     step = mngr.latest_step()
     if step is None:
         return None
-    target = flax.serialization.to_state_dict(like)
+    full = flax.serialization.to_state_dict(like)
+    target = _present(full)
     if jax.process_count() > 1:
         abstract = _host_local(target)
     else:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return flax.serialization.from_state_dict(like, restored["state"]), restored["meta"]
+    tree = {**{k: None for k in full}, **restored["state"]}
+    return flax.serialization.from_state_dict(like, tree), restored["meta"]

@@ -54,7 +54,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_run(workdir: str):
-    """(config, model, params, epoch): the run's newest checkpoint; params stacked on a
+    """(config, model, params, epoch): the run's newest checkpoint (params: its weight
+    average when it kept one, as the run evaluated); params stacked on a
     leading axis when the run trained several networks together; epoch: the epochs it
     finished, or "E + S steps" for a checkpoint S mini-batches into epoch E + 1."""
     config = load_config(workdir)
@@ -66,8 +67,8 @@ def load_run(workdir: str):
     # A template of the right shapes (the optimizer's state has a momentum trace or not).
     steps = train.steps_per_epoch(config.train_size * (5 if config.expand_data else 1),
                                   config.batch_size)
-    like = train.init_states(model, train.make_optimizer(config, steps), config.seed,
-                             members)
+    like = train.with_ema(train.init_states(model, train.make_optimizer(config, steps),
+                                            config.seed, members), config.ema_decay)
     try:
         state, meta = checkpoint.restore_latest(
             checkpoint.manager(workdir, config.keep_checkpoints), like)
@@ -75,7 +76,7 @@ def load_run(workdir: str):
         raise CommitteeError(f"{workdir}: its checkpoint does not match its config.json "
                              f"({str(e).splitlines()[0][:120]})") from None
     epoch, steps = int(meta["epoch"]), int(meta.get("step_in_epoch") or 0)
-    return config, model, state.params, epoch if not steps else f"{epoch} + {steps} steps"
+    return config, model, train.eval_params(state), epoch if not steps else f"{epoch} + {steps} steps"
 
 
 def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200,

@@ -68,6 +68,8 @@ def base_config():
     c.momentum = 0.0
     c.nesterov = False
     c.schedule = "constant"     # constant | cosine | onecycle
+    c.ema_decay = 0.0           # > 0: also keep an exponential moving average of the
+                                # weights, updated every step, and evaluate it (0: off)
     c.warmup_epochs = 0.0       # for onecycle
     c.seed = 0
     c.train_size = 50_000       # first N of the book's 50,000 training images
@@ -177,12 +179,14 @@ def validate(c):
     for field in ("shuffle", "expand_data", "nesterov", "download", "plots"):
         _check(isinstance(c[field], bool), f"config.{field} must be True or False, "
                f"got {c[field]!r}")
-    for field in ("learning_rate", "l2", "momentum", "warmup_epochs"):
+    for field in ("learning_rate", "l2", "momentum", "warmup_epochs", "ema_decay"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
     _check(c.learning_rate > 0,
            f"config.learning_rate must be positive, got {c.learning_rate}")
     _check(c.l2 >= 0, f"config.l2 must be >= 0, got {c.l2}")
     _check(0 <= c.momentum < 1, f"config.momentum must be in [0, 1), got {c.momentum}")
+    _check(0 <= c.ema_decay < 1, f"config.ema_decay must be in [0, 1) (0: no weight "
+           f"average; 0.999 forgets with a time constant of ~1000 steps), got {c.ema_decay}")
     _check(c.schedule in ("constant", "cosine", "onecycle"),
            f"config.schedule must be constant, cosine or onecycle, got {c.schedule!r}")
     _check(0 <= c.warmup_epochs < c.num_epochs or c.schedule != "onecycle",

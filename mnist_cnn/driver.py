@@ -314,7 +314,9 @@ class Plan:
         self.tx = train.make_optimizer(
             config, self.num_batches,
             momentum=float(config.momentum) if self.hp and "momentum" in self.hp else None)
-        self.state = train.init_states(model, self.tx, config.seed, self.members, seeds)
+        self.state = train.with_ema(
+            train.init_states(model, self.tx, config.seed, self.members, seeds),
+            config.ema_decay)
         train_x = jax.device_put(ds.train.images)
         train_y = jax.device_put(ds.train.labels)
         if config.expand_data:
@@ -355,8 +357,10 @@ class Plan:
         without batch norm)."""
         if self.calibrate is None:
             return host_state
-        return host_state.replace(params=self.calibrate(host_state.params,
-                                                        self.calibration_x))
+        ema = host_state.ema
+        return host_state.replace(
+            params=self.calibrate(host_state.params, self.calibration_x),
+            ema=None if ema is None else self.calibrate(ema, self.calibration_x))
 
     def order(self, state, epoch):
         """The epoch's permutation(s), from a host-layout state's key(s)."""
@@ -399,9 +403,9 @@ class Plan:
                 f"(--config.num_members / --config.num_runs) or a smaller batch_size")
 
 
-def _evaluate(plan, state, images, labels):
+def _evaluate(plan, params, images, labels):
     """(accuracy of the run or ensemble, per-member accuracies or None, predictions)."""
-    probs = np.asarray(plan.predict(state.params, images, plan.keep))
+    probs = np.asarray(plan.predict(params, images, plan.keep))
     labels = np.asarray(labels)
     if not plan.stacked:
         return train.accuracy(probs, labels), None, probs.argmax(-1)
@@ -495,13 +499,18 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         host_state = plan.calibrated(plan.host(state))
         if plan.calibrate is not None:
             state = plan.place(host_state)
-        val, val_members, _ = _evaluate(plan, host_state, val_x, val_y)
-        test, test_members, predictions = _evaluate(plan, host_state, test_x, test_y)
+        params = train.eval_params(host_state)
+        val, val_members, _ = _evaluate(plan, params, val_x, val_y)
+        test, test_members, predictions = _evaluate(plan, params, test_x, test_y)
         images = (num_batches - begin) * config.batch_size * plan.members
         m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
                  train_nll=nll_sum / num_batches, validation_accuracy=val,
                  test_accuracy=test, epoch_train_s=round(epoch_train_s, 3),
                  train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
+        if host_state.ema is not None:   # the raw weights too, for comparison
+            m.update(raw_validation_accuracy=_evaluate(plan, host_state.params, val_x,
+                                                       val_y)[0],
+                     raw_test_accuracy=_evaluate(plan, host_state.params, test_x, test_y)[0])
         if plan.stacked:
             m.update(members_train_loss=(member_sums / num_batches).tolist(),
                      members_validation_accuracy=val_members,
@@ -512,8 +521,11 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
             append_jsonl(metrics_path, m)
         members = (f" (members {', '.join(f'{100 * a:.2f}' for a in val_members)})"
                    if plan.stacked else "")
+        raw = (f" (raw weights {100 * m['raw_validation_accuracy']:.2f}% / "
+               f"{100 * m['raw_test_accuracy']:.2f}%)" if "raw_test_accuracy" in m else "")
         log(f"epoch {epoch}: cost {m['train_loss']:.4f}, validation {100 * val:.2f}%"
-            f"{members}, test {100 * test:.2f}%, {m['train_images_per_s']:,.0f} images/s")
+            f"{members}, test {100 * test:.2f}%{raw}, {m['train_images_per_s']:,.0f} "
+            f"images/s")
         if stop.signum:
             raise Interrupted(stop.signum, epoch, num_batches)
 
@@ -529,7 +541,7 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     chosen = summary.get("chosen_run", 0)
     final = ensemble.member(host_state, chosen) if config.num_runs > 1 else host_state
     if predictions is None:   # resumed after the last epoch's checkpoint
-        _, _, predictions = _evaluate(plan, host_state, test_x, test_y)
+        _, _, predictions = _evaluate(plan, train.eval_params(host_state), test_x, test_y)
     if config.num_runs > 1:
         predictions = predictions[chosen]
     summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))
@@ -549,7 +561,8 @@ def _figures(config, metrics, ds, predictions, final, workdir):
                           title=config.name)
     plots.errors_grid(ds.test.images, ds.test.labels, predictions,
                       os.path.join(workdir, "errors.png"))
-    params = ensemble.member(final.params, 0) if config.num_members > 1 else final.params
+    params = train.eval_params(final)
+    params = ensemble.member(params, 0) if config.num_members > 1 else params
     first = params[sorted(params, key=lambda k: int(k[5:].split("_")[0]))[0]]
     if first["w"].ndim == 4:
         plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
@@ -579,6 +592,12 @@ def summarize(config, metrics: list[dict], members: int) -> dict:
                best_validation_accuracy=metrics[b]["validation_accuracy"],
                best_epoch=metrics[b]["epoch"], epochs_run=len(metrics),
                final_test_accuracy=metrics[-1]["test_accuracy"])
+    if "raw_validation_accuracy" in metrics[0]:   # the same selection for the raw weights
+        r = train.best_epoch([m["raw_validation_accuracy"] for m in metrics])
+        out.update(raw_test_accuracy=metrics[r]["raw_test_accuracy"],
+                   raw_best_validation_accuracy=metrics[r]["raw_validation_accuracy"],
+                   raw_best_epoch=metrics[r]["epoch"],
+                   raw_final_test_accuracy=metrics[-1]["raw_test_accuracy"])
     if config.num_members > 1:
         out.update(num_members=members, vote=config.vote,
                    members_test_accuracy=metrics[b]["members_test_accuracy"],

@@ -26,6 +26,26 @@ class TrainState:
     params: Any
     opt_state: Any
     key: jax.Array      # root of the dropout and shuffle streams
+    ema: Any = None     # exponential moving average of params (config.ema_decay > 0)
+
+
+def with_ema(state: TrainState, decay: float) -> TrainState:
+    """The state with its weight average started at its parameters (decay > 0), or
+    unchanged (decay 0: no average)."""
+    if not decay:
+        return state
+    return state.replace(ema=jax.tree.map(jnp.copy, state.params))
+
+
+def eval_params(state: TrainState):
+    """The parameters a run evaluates: the weight average when it keeps one."""
+    return state.params if state.ema is None else state.ema
+
+
+def update_ema(ema, params, decay):
+    """Polyak-Ruppert averaging with exponential forgetting: decay * ema + (1 - decay) *
+    params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
 def make_schedule(config, steps_per_epoch: int):
@@ -208,9 +228,12 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
             scale = hp["learning_rate"] / config.learning_rate
             updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), (loss, nll)
+        ema = None if state.ema is None else update_ema(state.ema, params, ema_decay)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema=ema), (loss, nll)
 
     manual = config is not None and config.get("grad", "autodiff") == "manual"
+    ema_decay = 0.0 if config is None else float(config.get("ema_decay", 0.0))
     step_flops = networks.model_flops(model.layers)[1]
 
     def _grad(params, images, labels, key, l2, keep):

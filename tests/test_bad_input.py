@@ -28,6 +28,8 @@ CONFIG_CASES = [
     ("momentum=1.0", "momentum"), ("momentum=-0.5", "momentum"),
     ("nesterov=perhaps", "nesterov"),
     ("schedule=linear", "schedule"),
+    ("ema_decay=1.0", "ema_decay"), ("ema_decay=-0.1", "ema_decay"),
+    ("ema_decay=slow", "ema_decay"),
     ("warmup_epochs=soon", "warmup_epochs"),
     ("schedule=onecycle --config.warmup_epochs=60", "warmup_epochs"),
     ("seed=1.5", "seed"),

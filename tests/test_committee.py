@@ -90,6 +90,36 @@ def test_vote_of_finished_runs_matches_what_the_runs_reported(tmp_path, mnist_di
     assert [m["epoch"] for m in result["members"]] == [1, 1, 1]
 
 
+def test_weight_average_run_evaluates_the_average_and_reports_the_raw_weights(tmp_path,
+                                                                            mnist_dir):
+    """A batch-norm run with config.ema_decay: its raw weights' accuracies (raw_*) are
+    those of the same run without the average (the average does not change training),
+    its reported accuracies are the calibrated average's (the committee, which votes
+    with a checkpoint's average, agrees), and the summary selects each by validation."""
+    from experiments import modern
+    runs = {}
+    for name, arg in (("plain", "fc=16,bn=1"), ("ema", "fc=16,bn=1,ema=0.9")):
+        c = modern.get_config(arg)
+        c.update(num_epochs=2, warmup_epochs=0.5, train_size=300, batch_size=30,
+                 plots=False, bn_calibration_images=200)
+        c.layers[0].features, c.layers[1].features = 4, 8
+        s = driver.run(c, str(tmp_path / name), log=lambda *a: None)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        runs[name] = (s, [json.loads(l) for l in lines])
+    (plain, plain_m), (ema, ema_m) = runs["plain"], runs["ema"]
+    for a, b in zip(plain_m, ema_m):
+        assert b["raw_validation_accuracy"] == pytest.approx(a["validation_accuracy"],
+                                                             abs=1.5e-4)
+        assert b["raw_test_accuracy"] == pytest.approx(a["test_accuracy"], abs=1.5e-4)
+        assert "raw_test_accuracy" not in a
+    assert [m["test_accuracy"] for m in ema_m] != [m["raw_test_accuracy"] for m in ema_m]
+    assert ema["raw_test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1.5e-4)
+    assert ema["raw_best_epoch"] == plain["best_epoch"]
+    voted = committee.vote_runs([str(tmp_path / "ema")], log=lambda *a: None)
+    assert voted["votes"]["plurality"]["test_accuracy"] == pytest.approx(
+        ema["final_test_accuracy"])
+
+
 def test_bad_vote_requests(tmp_path, mnist_dir):
     proc = run("--mode=vote", "--vote_runs=")
     assert_user_error(proc, "--vote_runs is empty")

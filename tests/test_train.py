@@ -249,3 +249,34 @@ def test_bad_micro_batch_is_a_config_error(micro, msg):
     c = tiny_config(batch_size=128, micro_batch=micro)
     with pytest.raises(config_lib.ConfigError, match=msg):
         config_lib.validate(c)
+
+
+def test_weight_average_is_the_exponential_average_of_every_step():
+    """config.ema_decay: after each step ema <- d * ema + (1 - d) * params, starting at the
+    initial parameters; a numpy recursion over the parameters of a step-by-step run is the
+    reference. Keeping the average leaves the training itself unchanged."""
+    c = tiny_config(ema_decay=0.8, momentum=0.9)
+    x, y = fake_data(24)
+    nb = 6
+    model, tx, state = setup(c, nb)
+    step = jax.jit(train.make_train_step(model, tx, c.l2, nb, config=c))
+    history, s = [state.params], state
+    for i in range(nb):
+        s, _ = step(s, data.to_float(x[4 * i:4 * i + 4]), y[4 * i:4 * i + 4])
+        history.append(s.params)
+    want = jax.tree.map(np.asarray, history[0])
+    first_w = want["layer0_conv"]["w"]
+    for p in history[1:]:
+        want = jax.tree.map(lambda e, q: 0.8 * e + 0.2 * np.asarray(q), want, p)
+    start = train.with_ema(state, c.ema_decay)
+    assert train.with_ema(state, 0.0).ema is None
+    out, _, _ = train.make_train_chunk(model, tx, c, nb)(start, x, y, None, 0, num_steps=nb)
+    # (the chunk donated `start`, whose params are `state`'s: only numpy copies remain)
+    for a, b in zip(jax.tree.leaves(out.ema), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(out.params), jax.tree.leaves(s.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert train.eval_params(out) is out.ema and train.eval_params(s) is s.params
+    # the average moved away from both the start and the last parameters
+    ema_w, last_w = out.ema["layer0_conv"]["w"], s.params["layer0_conv"]["w"]
+    assert not np.allclose(ema_w, last_w) and not np.allclose(ema_w, first_w)

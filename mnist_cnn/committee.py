@@ -76,7 +76,8 @@ def load_run(workdir: str):
         raise CommitteeError(f"{workdir}: its checkpoint does not match its config.json "
                              f"({str(e).splitlines()[0][:120]})") from None
     epoch, steps = int(meta["epoch"]), int(meta.get("step_in_epoch") or 0)
-    return config, model, train.eval_params(state), epoch if not steps else f"{epoch} + {steps} steps"
+    done = epoch if not steps else f"{epoch} + {steps} steps"
+    return config, model, train.eval_params(state), done
 
 
 def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200,

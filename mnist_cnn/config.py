@@ -68,9 +68,9 @@ def base_config():
     c.momentum = 0.0
     c.nesterov = False
     c.schedule = "constant"     # constant | cosine | onecycle
+    c.warmup_epochs = 0.0       # for onecycle
     c.ema_decay = 0.0           # > 0: also keep an exponential moving average of the
                                 # weights, updated every step, and evaluate it (0: off)
-    c.warmup_epochs = 0.0       # for onecycle
     c.seed = 0
     c.train_size = 50_000       # first N of the book's 50,000 training images
     c.data_dir = ""             # "" -> $MNIST_DATA_DIR, then the cache directory

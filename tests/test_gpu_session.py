@@ -1,12 +1,7 @@
 """benchmarks/gpu_session.py's pace estimate: what decides whether a GPU run is stopped."""
-import importlib.util
-import os
+from tests.scripts import load_benchmark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location(
-    "gpu_session", os.path.join(ROOT, "benchmarks", "gpu_session.py"))
-gpu_session = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_session)
+gpu_session = load_benchmark("gpu_session")
 
 
 def test_epoch_seconds_ignores_a_single_slow_interval():

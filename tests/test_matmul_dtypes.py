@@ -1,14 +1,10 @@
 """benchmarks/matmul_dtypes.py: each timed form computes the product it names."""
-import importlib.util
-import os
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location(
-    "matmul_dtypes", os.path.join(ROOT, "benchmarks", "matmul_dtypes.py"))
-matmul_dtypes = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(matmul_dtypes)
+from tests.scripts import load_benchmark
+
+matmul_dtypes = load_benchmark("matmul_dtypes")
 
 
 def test_every_form_is_the_product_to_its_precision():

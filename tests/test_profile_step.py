@@ -1,15 +1,10 @@
 """benchmarks/profile_step.py: the HLO parsing and a traced step of a tiny network."""
-import importlib.util
-import os
 
 from mnist_cnn import bench
 from tests.test_train import tiny_config
+from tests.scripts import load_benchmark
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location(
-    "profile_step", os.path.join(ROOT, "benchmarks", "profile_step.py"))
-profile_step = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(profile_step)
+profile_step = load_benchmark("profile_step")
 
 HLO = """
   %ynn_fusion.3 = f32[4096,500]{1,0} fusion(%a, %b), kind=kCustom, calls=%f3, metadata={op_name="jit(chunk)/while/body/closed_call/transpose(jvp(Network))/layer1_conv/dot_general" stack_frame_id=177}

@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 EXPERIMENT ?= dbl_conv_relu
 WORKDIR ?= runs/$(EXPERIMENT)
 ARGS ?=
+# pytest-xdist worker processes for `make test` (0: one process, no workers)
+TEST_WORKERS ?= 2
 
 .PHONY: install train test bench
 
@@ -22,7 +24,7 @@ train: install
 	$(BIN)/python run.py --config=experiments/$(EXPERIMENT).py --workdir=$(WORKDIR) $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/conv_impl.py $(ARGS)

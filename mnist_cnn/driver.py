@@ -568,6 +568,16 @@ def _figures(config, metrics, ds, predictions, final, workdir):
         plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
 
 
+def _selected(metrics: list[dict], prefix: str = "") -> dict:
+    """Test accuracy at the best-validation epoch of the `prefix` metrics ("" for the
+    reported weights, "raw_" for the raw weights beside a weight average)."""
+    b = train.best_epoch([m[prefix + "validation_accuracy"] for m in metrics])
+    return {prefix + "test_accuracy": metrics[b][prefix + "test_accuracy"],
+            prefix + "best_validation_accuracy": metrics[b][prefix + "validation_accuracy"],
+            prefix + "best_epoch": metrics[b]["epoch"],
+            prefix + "final_test_accuracy": metrics[-1][prefix + "test_accuracy"]}
+
+
 def summarize(config, metrics: list[dict], members: int) -> dict:
     """The run's result: test accuracy at the best-validation epoch (a later tie wins);
     for num_runs > 1 the run with the best validation accuracy, as the book kept."""
@@ -587,18 +597,11 @@ def summarize(config, metrics: list[dict], members: int) -> dict:
                     best_epoch=best["best_epoch"], epochs_run=len(metrics),
                     final_test_accuracy=best["final_test_accuracy"], runs=runs,
                     chosen_run=chosen)
-    b = train.best_epoch([m["validation_accuracy"] for m in metrics])
-    out = dict(name=config.name, test_accuracy=metrics[b]["test_accuracy"],
-               best_validation_accuracy=metrics[b]["validation_accuracy"],
-               best_epoch=metrics[b]["epoch"], epochs_run=len(metrics),
-               final_test_accuracy=metrics[-1]["test_accuracy"])
+    out = dict(name=config.name, **_selected(metrics), epochs_run=len(metrics))
     if "raw_validation_accuracy" in metrics[0]:   # the same selection for the raw weights
-        r = train.best_epoch([m["raw_validation_accuracy"] for m in metrics])
-        out.update(raw_test_accuracy=metrics[r]["raw_test_accuracy"],
-                   raw_best_validation_accuracy=metrics[r]["raw_validation_accuracy"],
-                   raw_best_epoch=metrics[r]["epoch"],
-                   raw_final_test_accuracy=metrics[-1]["raw_test_accuracy"])
+        out.update(_selected(metrics, "raw_"))
     if config.num_members > 1:
+        b = train.best_epoch([m["validation_accuracy"] for m in metrics])
         out.update(num_members=members, vote=config.vote,
                    members_test_accuracy=metrics[b]["members_test_accuracy"],
                    members_validation_accuracy=metrics[b]["members_validation_accuracy"])

@@ -37,6 +37,9 @@ flags.DEFINE_list("vote_runs", [], "vote: run directories whose newest checkpoin
 flags.DEFINE_string("vote_out", "vote.json", "vote: JSON output path.")
 flags.DEFINE_integer("vote_eval_shifts", -1, "vote: test-time shifts for every network "
                      "(config.eval_shifts: 4k+1 views); -1: each run's own.")
+flags.DEFINE_enum("vote_select", "all", ["all", "greedy"], "vote: all the networks "
+                  "vote, or greedy: forward selection of the committee by validation "
+                  "cross-entropy (mnist_cnn/committee.py).")
 flags.DEFINE_list("batch_sizes", ["10", "128"], "benchmark: mini-batch sizes.")
 flags.DEFINE_list("conv_impls", ["patches", "xla"], "benchmark: conv implementations.")
 flags.DEFINE_list("dtypes", ["float32"], "benchmark: float32 and/or bfloat16.")

@@ -10,6 +10,12 @@ accuracy (plurality on a tie): the test set chooses nothing.
 
     python run.py --mode=vote --vote_runs=runs/modern_bn40,runs/modern_deep_bn40,...
 
+`--vote_select=greedy` picks the committee from the given networks instead of taking
+them all: forward ensemble selection (Caruana et al. 2004, "Ensemble selection from
+libraries of models"), adding at each step the network that most lowers the mean-softmax
+committee's *validation* cross-entropy, until none lowers it; the test set is not read
+by the choice.
+
 The networks are evaluated as they are in their newest checkpoint (the end of the last
 finished epoch), not at their best-validation epoch: a checkpoint of every epoch is
 not kept.
@@ -111,6 +117,33 @@ def tally(probs_val, probs_test, val_labels, test_labels, names) -> dict:
     return out
 
 
+SELECTIONS = ("all", "greedy")
+
+
+def _nll(mean_probs, labels) -> float:
+    p = mean_probs[np.arange(len(labels)), np.asarray(labels)]
+    return float(-np.mean(np.log(np.maximum(p, 1e-12))))
+
+
+def greedy_select(probs_val, val_labels) -> list[int]:
+    """Pure: forward ensemble selection on validation only. probs_val: (M, N, C) member
+    softmax outputs. Starts from no network; each step adds the unused network whose
+    addition gives the mean-softmax committee the lowest validation cross-entropy (the
+    earliest on a tie), and stops when that is no lower than before. Returns the chosen
+    indices in the order they were added."""
+    probs_val = np.asarray(probs_val, np.float64)
+    chosen, total, best = [], np.zeros(probs_val.shape[1:]), np.inf
+    while len(chosen) < len(probs_val):
+        scores = [(_nll((total + probs_val[i]) / (len(chosen) + 1), val_labels), i)
+                  for i in range(len(probs_val)) if i not in chosen]
+        score, i = min(scores)
+        if score >= best:
+            break
+        chosen.append(i)
+        total, best = total + probs_val[i], score
+    return chosen
+
+
 def markdown(result: dict) -> str:
     lines = ["| member | epoch | validation | test |", "|---|---|---|---|"]
     for m in result["members"]:
@@ -123,10 +156,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def vote_runs(workdirs, log=print, eval_shifts=None) -> dict:
+def vote_runs(workdirs, log=print, eval_shifts=None, select="all") -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
     the first run's config finds its data), tallies. eval_shifts: test-time shifts for
-    every network (config.eval_shifts); None: each run's own."""
+    every network (config.eval_shifts); None: each run's own. select: "all" networks
+    vote, or "greedy": the committee greedy_select picks on validation."""
+    if select not in SELECTIONS:
+        raise CommitteeError(f"--vote_select must be one of {', '.join(SELECTIONS)}, "
+                             f"got {select!r}")
     if eval_shifts is not None and not 0 <= eval_shifts <= config_lib.MAX_SHIFT:
         raise CommitteeError(f"--vote_eval_shifts must be in [0, {config_lib.MAX_SHIFT}] "
                              f"pixels (or -1: each run's own config.eval_shifts), "
@@ -152,9 +189,19 @@ def vote_runs(workdirs, log=print, eval_shifts=None) -> dict:
         pt.append(t)
         log(f"{workdir}: {len(v)} network(s) at epoch {epoch}"
             + (f", {len(train.eval_views(shifts))} test-time views" if shifts else ""))
-    result = tally(np.concatenate(pv), np.concatenate(pt), ds.validation.labels,
-                   ds.test.labels, names)
-    for m, e in zip(result["members"], epochs):
-        m["epoch"] = e
-    result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts)
+    pv, pt = np.concatenate(pv), np.concatenate(pt)
+    keep = (greedy_select(pv, ds.validation.labels) if select == "greedy"
+            else list(range(len(names))))
+    if select == "greedy":
+        log(f"greedy selection on validation: {len(keep)} of {len(names)} networks: "
+            + ", ".join(names[i] for i in keep))
+    result = tally(pv[keep], pt[keep], ds.validation.labels, ds.test.labels,
+                   [names[i] for i in keep])
+    for m, i in zip(result["members"], keep):
+        m["epoch"] = epochs[i]
+    result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts,
+                  select=select)
+    if select == "greedy":   # every network's own accuracies, chosen or not
+        result["candidates"] = tally(pv, pt, ds.validation.labels, ds.test.labels,
+                                     names)["members"]
     return result

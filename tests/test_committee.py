@@ -46,6 +46,55 @@ def test_tally_counts_votes_by_hand():
     assert got["chosen_vote"] == "plurality"
 
 
+def _committee_nll(probs, labels, members):
+    """Validation cross-entropy of the mean softmax of `members`, image by image."""
+    total = 0.0
+    for n, y in enumerate(labels):
+        total -= np.log(sum(probs[m][n][y] for m in members) / len(members))
+    return total / len(labels)
+
+
+def test_greedy_selection_takes_complementary_networks_and_leaves_a_bad_one():
+    """Six images. Networks 0 and 1 are each sure and right on one half and sure and
+    wrong on the other (mirror images); network 2 is sure and wrong everywhere. Forward
+    selection takes 0 (tied with 1), then 1 (together they put 0.46 on
+    every right answer), and stops: adding 2 would raise the cross-entropy."""
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    wrong = (labels + 1) % 10
+    half = np.arange(6) < 3
+    net0 = onehot_probs([np.where(half, labels, wrong)], [[0.9] * 6])[0]
+    net1 = onehot_probs([np.where(half, wrong, labels)], [[0.9] * 6])[0]
+    net2 = onehot_probs([wrong], [[0.9] * 6])[0]
+    probs = np.stack([net0, net1, net2])
+    assert _committee_nll(probs, labels, [0, 1]) < _committee_nll(probs, labels, [0])
+    assert sorted(committee.greedy_select(probs, labels)) == [0, 1]
+    assert sorted(committee.greedy_select(probs[::-1], labels)) == [1, 2]   # the same two
+    # One network that beats every committee it could join: chosen alone.
+    sure = onehot_probs([labels], [[0.999] * 6])[0]
+    assert committee.greedy_select(np.stack([net0, sure, net1]), labels) == [1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_selection_is_a_forward_search_on_validation_cross_entropy(seed):
+    """Random networks: each added network is the one (earliest on a tie) that makes the
+    committee's validation cross-entropy lowest, computed image by image here; the
+    committee's is below every single network's; no unused network would lower it."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, 40)
+    logits = rng.normal(size=(7, 40, 10)) + 2.0 * np.eye(10)[labels] * rng.uniform(
+        0, 1.5, (7, 1, 1))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    got = committee.greedy_select(probs, labels)
+    for k in range(len(got)):
+        scores = {m: _committee_nll(probs, labels, got[:k] + [m])
+                  for m in range(7) if m not in got[:k]}
+        assert scores[got[k]] == pytest.approx(min(scores.values()), rel=1e-12)
+    final = _committee_nll(probs, labels, got)
+    assert all(final <= _committee_nll(probs, labels, [m]) + 1e-12 for m in range(7))
+    assert all(_committee_nll(probs, labels, got + [m]) >= final - 1e-12
+               for m in range(7) if m not in got)
+
+
 def test_old_config_gets_the_defaults_of_newer_fields(tmp_path):
     from experiments import dbl_conv_relu
     saved = json.loads(dbl_conv_relu.get_config().to_json())
@@ -77,6 +126,11 @@ def test_vote_of_finished_runs_matches_what_the_runs_reported(tmp_path, mnist_di
     alone = committee.vote_runs([str(tmp_path / "ens")], log=lambda *a: None)
     assert alone["votes"]["plurality"]["test_accuracy"] == pytest.approx(
         s_ens["final_test_accuracy"])
+    picked = committee.vote_runs([str(tmp_path / "ens"), str(tmp_path / "one")],
+                                 log=lambda *a: None, select="greedy")
+    names = [m["name"] for m in picked["candidates"]]
+    assert len(names) == 3 and 1 <= picked["size"] <= 3
+    assert set(m["name"] for m in picked["members"]) <= set(names)
     out = tmp_path / "vote.json"
     proc = run("--mode=vote", f"--vote_runs={tmp_path / 'ens'},{tmp_path / 'one'}",
                f"--vote_out={out}")

@@ -184,3 +184,7 @@ def test_bad_vote_requests(tmp_path, mnist_dir):
     proc = run("--mode=vote", f"--vote_runs={tmp_path}", f"--vote_out={tmp_path / 'v.json'}")
     assert_user_error(proc, "has no checkpoint to vote with")
     assert not (tmp_path / "v.json").exists()
+    proc = run("--mode=vote", f"--vote_runs={tmp_path}", "--vote_select=best")
+    assert_user_error(proc, "--vote_select=best: value should be one of <all|greedy>")
+    with pytest.raises(committee.CommitteeError, match="--vote_select must be one of"):
+        committee.vote_runs([str(tmp_path)], select="best")

@@ -190,9 +190,9 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all") -> dict:
         log(f"{workdir}: {len(v)} network(s) at epoch {epoch}"
             + (f", {len(train.eval_views(shifts))} test-time views" if shifts else ""))
     pv, pt = np.concatenate(pv), np.concatenate(pt)
-    keep = (greedy_select(pv, ds.validation.labels) if select == "greedy"
-            else list(range(len(names))))
+    keep = list(range(len(names)))
     if select == "greedy":
+        keep = greedy_select(pv, ds.validation.labels)
         log(f"greedy selection on validation: {len(keep)} of {len(names)} networks: "
             + ", ".join(names[i] for i in keep))
     result = tally(pv[keep], pt[keep], ds.validation.labels, ds.test.labels,

@@ -95,19 +95,28 @@ def member_probabilities(model, params, stacked: bool, images, eval_batch_size=2
     return probs if stacked else probs[None]
 
 
+def _accuracy(pred, labels) -> float:
+    return float(np.mean(np.asarray(pred) == np.asarray(labels)))
+
+
+def member_accuracies(probs_val, probs_test, val_labels, test_labels, names) -> list:
+    """Pure: each network's own validation and test accuracy."""
+    return [dict(name=n, validation_accuracy=_accuracy(pv.argmax(-1), val_labels),
+                 test_accuracy=_accuracy(pt.argmax(-1), test_labels))
+            for n, pv, pt in zip(names, probs_val, probs_test)]
+
+
 def tally(probs_val, probs_test, val_labels, test_labels, names) -> dict:
     """Pure: every member's and both votes' accuracies, and the committee's choice of
     vote by validation accuracy (plurality on a tie)."""
-    acc = lambda pred, y: float(np.mean(np.asarray(pred) == np.asarray(y)))
-    out = dict(members=[dict(name=n, validation_accuracy=acc(pv.argmax(-1), val_labels),
-                             test_accuracy=acc(pt.argmax(-1), test_labels))
-                        for n, pv, pt in zip(names, probs_val, probs_test)])
+    out = dict(members=member_accuracies(probs_val, probs_test, val_labels, test_labels,
+                                         names))
     votes = {}
     for kind in ensemble.VOTES:
         pred_test = np.asarray(ensemble.vote(kind, probs_test))
-        votes[kind] = dict(validation_accuracy=acc(ensemble.vote(kind, probs_val),
-                                                   val_labels),
-                           test_accuracy=acc(pred_test, test_labels),
+        votes[kind] = dict(validation_accuracy=_accuracy(ensemble.vote(kind, probs_val),
+                                                         val_labels),
+                           test_accuracy=_accuracy(pred_test, test_labels),
                            test_errors=int(np.sum(pred_test != np.asarray(test_labels))))
     chosen = max(ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"],
                                                 k == "plurality"))
@@ -202,6 +211,6 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all") -> dict:
     result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts,
                   select=select)
     if select == "greedy":   # every network's own accuracies, chosen or not
-        result["candidates"] = tally(pv, pt, ds.validation.labels, ds.test.labels,
-                                     names)["members"]
+        result["candidates"] = member_accuracies(pv, pt, ds.validation.labels,
+                                                 ds.test.labels, names)
     return result

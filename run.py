@@ -40,6 +40,9 @@ flags.DEFINE_integer("vote_eval_shifts", -1, "vote: test-time shifts for every n
 flags.DEFINE_enum("vote_select", "all", ["all", "greedy"], "vote: all the networks "
                   "vote, or greedy: forward selection of the committee by validation "
                   "cross-entropy (mnist_cnn/committee.py).")
+flags.DEFINE_enum("vote_rule", "auto", ["auto", "plurality", "mean_softmax"], "vote: the "
+                  "committee's vote; auto: the one with the better validation accuracy. "
+                  "Fix it for runs trained on the validation images.")
 flags.DEFINE_list("batch_sizes", ["10", "128"], "benchmark: mini-batch sizes.")
 flags.DEFINE_list("conv_impls", ["patches", "xla"], "benchmark: conv implementations.")
 flags.DEFINE_list("dtypes", ["float32"], "benchmark: float32 and/or bfloat16.")

@@ -190,7 +190,8 @@ def vote(flags) -> int:
     """--mode=vote: a committee of finished runs (mnist_cnn/committee.py)."""
     shifts = None if flags.vote_eval_shifts < 0 else flags.vote_eval_shifts
     result = committee.vote_runs(flags.vote_runs, log=lambda m: print(m, file=sys.stderr),
-                                 eval_shifts=shifts, select=flags.vote_select)
+                                 eval_shifts=shifts, select=flags.vote_select,
+                                 rule=flags.vote_rule)
     print(committee.markdown(result))
     driver.write_json_atomic(flags.vote_out, result)
     print(f"\nwrote {flags.vote_out}")

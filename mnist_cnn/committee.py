@@ -16,6 +16,10 @@ libraries of models"), adding at each step the network that most lowers the mean
 committee's *validation* cross-entropy, until none lowers it; the test set is not read
 by the choice.
 
+`--vote_rule=plurality|mean_softmax` fixes the vote in advance instead; a committee with
+a run trained on the validation images (`config.train_on_validation`) must, and cannot
+be picked greedily.
+
 The networks are evaluated as they are in their newest checkpoint (the end of the last
 finished epoch), not at their best-validation epoch: a checkpoint of every epoch is
 not kept.
@@ -71,8 +75,7 @@ def load_run(workdir: str):
     model = networks.from_config(config)
     members = max(config.num_members, config.num_runs)
     # A template of the right shapes (the optimizer's state has a momentum trace or not).
-    steps = train.steps_per_epoch(config.train_size * (5 if config.expand_data else 1),
-                                  config.batch_size)
+    steps = train.steps_per_epoch(config_lib.num_train_images(config), config.batch_size)
     like = train.with_ema(train.init_states(model, train.make_optimizer(config, steps),
                                             config.seed, members), config.ema_decay)
     try:
@@ -106,9 +109,10 @@ def member_accuracies(probs_val, probs_test, val_labels, test_labels, names) -> 
             for n, pv, pt in zip(names, probs_val, probs_test)]
 
 
-def tally(probs_val, probs_test, val_labels, test_labels, names) -> dict:
-    """Pure: every member's and both votes' accuracies, and the committee's choice of
-    vote by validation accuracy (plurality on a tie)."""
+def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") -> dict:
+    """Pure: every member's and both votes' accuracies, and the committee's vote: the
+    one with the higher validation accuracy (plurality on a tie) for rule "auto", else
+    the named one (fixed in advance)."""
     out = dict(members=member_accuracies(probs_val, probs_test, val_labels, test_labels,
                                          names))
     votes = {}
@@ -118,15 +122,16 @@ def tally(probs_val, probs_test, val_labels, test_labels, names) -> dict:
                                                          val_labels),
                            test_accuracy=_accuracy(pred_test, test_labels),
                            test_errors=int(np.sum(pred_test != np.asarray(test_labels))))
-    chosen = max(ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"],
-                                                k == "plurality"))
-    out.update(votes=votes, chosen_vote=chosen, size=len(names),
+    chosen = rule if rule != "auto" else max(
+        ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"], k == "plurality"))
+    out.update(votes=votes, chosen_vote=chosen, vote_rule=rule, size=len(names),
                validation_accuracy=votes[chosen]["validation_accuracy"],
                test_accuracy=votes[chosen]["test_accuracy"])
     return out
 
 
 SELECTIONS = ("all", "greedy")
+RULES = ("auto",) + tuple(ensemble.VOTES)
 
 
 def _nll(mean_probs, labels) -> float:
@@ -159,20 +164,25 @@ def markdown(result: dict) -> str:
         lines.append(f"| {m['name']} | {m.get('epoch', '')} | "
                      f"{100 * m['validation_accuracy']:.2f}% | {100 * m['test_accuracy']:.2f}% |")
     for kind, v in result["votes"].items():
-        mark = " (chosen by validation)" if kind == result["chosen_vote"] else ""
+        how = "by validation" if result.get("vote_rule", "auto") == "auto" else "in advance"
+        mark = f" (chosen {how})" if kind == result["chosen_vote"] else ""
         lines.append(f"| **{kind} vote**{mark} | | {100 * v['validation_accuracy']:.2f}% | "
                      f"**{100 * v['test_accuracy']:.2f}%** ({v['test_errors']} errors) |")
     return "\n".join(lines)
 
 
-def vote_runs(workdirs, log=print, eval_shifts=None, select="all") -> dict:
+def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
     the first run's config finds its data), tallies. eval_shifts: test-time shifts for
     every network (config.eval_shifts); None: each run's own. select: "all" networks
-    vote, or "greedy": the committee greedy_select picks on validation."""
+    vote, or "greedy": the committee greedy_select picks on validation. rule: "auto"
+    (the vote with the better validation accuracy) or a vote fixed in advance, which a
+    committee with a run trained on the validation images (train_on_validation) needs."""
     if select not in SELECTIONS:
         raise CommitteeError(f"--vote_select must be one of {', '.join(SELECTIONS)}, "
                              f"got {select!r}")
+    if rule not in RULES:
+        raise CommitteeError(f"--vote_rule must be one of {', '.join(RULES)}, got {rule!r}")
     if eval_shifts is not None and not 0 <= eval_shifts <= config_lib.MAX_SHIFT:
         raise CommitteeError(f"--vote_eval_shifts must be in [0, {config_lib.MAX_SHIFT}] "
                              f"pixels (or -1: each run's own config.eval_shifts), "
@@ -180,7 +190,17 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all") -> dict:
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")
-    first = load_config(workdirs[0])
+    configs = [load_config(w) for w in workdirs]
+    trained_on_val = [w for w, c in zip(workdirs, configs) if c.train_on_validation]
+    if trained_on_val and select == "greedy":
+        raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
+                             f"(train_on_validation), so validation cannot pick the "
+                             f"committee: use --vote_select=all")
+    if trained_on_val and rule == "auto":
+        raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
+                             f"(train_on_validation), so validation cannot choose the "
+                             f"vote: fix it with --vote_rule=plurality or mean_softmax")
+    first = configs[0]
     ds = data.load(first.data_source, first.data_dir or None, first.train_size,
                    download=first.download)
     val_x, test_x = jax.device_put(ds.validation.images), jax.device_put(ds.test.images)
@@ -205,7 +225,7 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all") -> dict:
         log(f"greedy selection on validation: {len(keep)} of {len(names)} networks: "
             + ", ".join(names[i] for i in keep))
     result = tally(pv[keep], pt[keep], ds.validation.labels, ds.test.labels,
-                   [names[i] for i in keep])
+                   [names[i] for i in keep], rule)
     for m, i in zip(result["members"], keep):
         m["epoch"] = epochs[i]
     result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts,

@@ -73,6 +73,9 @@ def base_config():
                                 # weights, updated every step, and evaluate it (0: off)
     c.seed = 0
     c.train_size = 50_000       # first N of the book's 50,000 training images
+    c.train_on_validation = False  # True: also train on the 10,000 validation images
+                                # (60,000 with the default train_size); validation then
+                                # selects nothing: the reported epoch is the last one
     c.data_dir = ""             # "" -> $MNIST_DATA_DIR, then the cache directory
     c.data_source = "auto"      # auto | idx | tfds
     c.download = True           # fetch into the cache when nothing is found
@@ -107,6 +110,13 @@ def base_config():
     c.keep_checkpoints = 3      # the newest K checkpoints are kept
     c.plots = True              # learning_curves.png, errors.png, filters.png at the end
     return c
+
+
+def num_train_images(c) -> int:
+    """Images in one training epoch: train_size, plus the 10,000 validation images with
+    train_on_validation, times 5 with the book's expansion."""
+    n = c.train_size + (10_000 if c.train_on_validation else 0)
+    return n * (5 if c.expand_data else 1)
 
 
 MAX_SHIFT = 27   # pixels: a shift of 28 or more leaves a 28x28 image blank
@@ -153,6 +163,10 @@ def validate(c):
     _check(c.num_members >= 1, f"config.num_members must be >= 1 (an ensemble needs at "
            f"least one network), got {c.num_members}")
     _check(c.num_runs >= 1, f"config.num_runs must be >= 1, got {c.num_runs}")
+    _check(c.num_runs == 1 or not c.train_on_validation, "config.num_runs > 1 keeps the "
+           "run with the best validation accuracy, but config.train_on_validation trains "
+           "on the validation images: set one of them back (num_runs=1 or "
+           "train_on_validation=False)")
     _check(c.num_members == 1 or c.num_runs == 1, "config.num_members and config.num_runs "
            "cannot both exceed 1: train an ensemble, or repeat a single network")
     _check(c.vote in ("plurality", "mean_softmax"),
@@ -176,7 +190,8 @@ def validate(c):
     _check(0.5 <= c.augment_elastic_sigma <= 10, f"config.augment_elastic_sigma must be in "
            f"[0.5, 10] pixels (the field's smoothing; Simard et al. used 4), "
            f"got {c.augment_elastic_sigma}")
-    for field in ("shuffle", "expand_data", "nesterov", "download", "plots"):
+    for field in ("shuffle", "expand_data", "nesterov", "download", "plots",
+                  "train_on_validation"):
         _check(isinstance(c[field], bool), f"config.{field} must be True or False, "
                f"got {c[field]!r}")
     for field in ("learning_rate", "l2", "momentum", "warmup_epochs", "ema_decay"):

@@ -271,8 +271,11 @@ def load_arrays(source: str = "auto", data_dir: str | None = None,
                     f"directory and pass --config.data_dir=DIR or set MNIST_DATA_DIR")
 
 
-def split(arrays: dict, train_size: int | None = None, source: str = "") -> Dataset:
-    """The book's split: first 50,000 training images, last 10,000 for validation, test."""
+def split(arrays: dict, train_size: int | None = None, source: str = "",
+          with_validation: bool = False) -> Dataset:
+    """The book's split: first 50,000 training images, last 10,000 for validation, test.
+    with_validation: the training split is the first train_size images followed by the
+    10,000 validation images (which stay the validation split too)."""
     ti, tl = arrays["train_images"], arrays["train_labels"]
     if len(tl) < NUM_TRAIN + NUM_VALIDATION:
         raise DataError(f"the training file holds {len(tl)} images; the book's split needs "
@@ -281,8 +284,11 @@ def split(arrays: dict, train_size: int | None = None, source: str = "") -> Data
     if not 0 < n <= NUM_TRAIN:
         raise DataError(f"train_size must be in [1, {NUM_TRAIN}], got {train_size}")
     as_split = lambda i, l: Split(np.ascontiguousarray(i), l.astype(np.int32))
+    train = np.arange(n)
+    if with_validation:
+        train = np.concatenate([train, np.arange(NUM_TRAIN, NUM_TRAIN + NUM_VALIDATION)])
     return Dataset(
-        train=as_split(ti[:n], tl[:n]),
+        train=as_split(ti[train], tl[train]),
         validation=as_split(ti[NUM_TRAIN:NUM_TRAIN + NUM_VALIDATION],
                             tl[NUM_TRAIN:NUM_TRAIN + NUM_VALIDATION]),
         test=as_split(arrays["test_images"], arrays["test_labels"]),
@@ -290,9 +296,10 @@ def split(arrays: dict, train_size: int | None = None, source: str = "") -> Data
     )
 
 
-def load(source="auto", data_dir=None, train_size=None, download=True) -> Dataset:
+def load(source="auto", data_dir=None, train_size=None, download=True,
+         with_validation=False) -> Dataset:
     arrays, where = load_arrays(source, data_dir, download)
-    return split(arrays, train_size, where)
+    return split(arrays, train_size, where, with_validation)
 
 
 def to_float(images):

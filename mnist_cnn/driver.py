@@ -243,12 +243,14 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
             f"{100 * summary['test_accuracy']:.2f}% (--overwrite to train again)")
         return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
-                   download=config.download)
+                   download=config.download, with_validation=config.train_on_validation)
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
     if not writer:
         with stop_on_signals() as stop:
             return _train(plan, None, stop, t_start, False, lambda *a: None)
-    log(f"data: {ds.source}; train {plan.num_train}, validation {len(ds.validation)}, "
+    log(f"data: {ds.source}; train {plan.num_train}"
+        f"{' (validation images included)' if config.train_on_validation else ''}, "
+        f"validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {plan.num_batches} mini-batches of {config.batch_size}"
         f"{f'; {plan.members} networks stacked' if plan.stacked else ''}; compiled in "
         f"{plan.compile_s:.1f} s on {_devices_text(plan)}")
@@ -550,8 +552,11 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     if config.plots:
         _figures(config, metrics, ds, predictions, final, workdir)
     write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-    log(f"best validation {100 * summary['best_validation_accuracy']:.2f}% at epoch "
-        f"{summary['best_epoch']}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
+    chosen_by = ("the last epoch (validation images trained on: they select nothing)"
+                 if summary["selection"] == "last_epoch" else
+                 f"best validation {100 * summary['best_validation_accuracy']:.2f}% at epoch "
+                 f"{summary['best_epoch']}")
+    log(f"{chosen_by}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
         f"wall time {summary['wall_time_s']:.0f} s")
     return summary
 
@@ -568,10 +573,16 @@ def _figures(config, metrics, ds, predictions, final, workdir):
         plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
 
 
-def _selected(metrics: list[dict], prefix: str = "") -> dict:
-    """Test accuracy at the best-validation epoch of the `prefix` metrics ("" for the
+def _reported_epoch(config, vals: list[float]) -> int:
+    """Index of the reported epoch: the best validation accuracy's (a later tie wins),
+    or the last epoch when the validation images were trained on."""
+    return len(vals) - 1 if config.train_on_validation else train.best_epoch(vals)
+
+
+def _selected(config, metrics: list[dict], prefix: str = "") -> dict:
+    """Test accuracy at the reported epoch of the `prefix` metrics ("" for the
     reported weights, "raw_" for the raw weights beside a weight average)."""
-    b = train.best_epoch([m[prefix + "validation_accuracy"] for m in metrics])
+    b = _reported_epoch(config, [m[prefix + "validation_accuracy"] for m in metrics])
     return {prefix + "test_accuracy": metrics[b][prefix + "test_accuracy"],
             prefix + "best_validation_accuracy": metrics[b][prefix + "validation_accuracy"],
             prefix + "best_epoch": metrics[b]["epoch"],
@@ -579,8 +590,10 @@ def _selected(metrics: list[dict], prefix: str = "") -> dict:
 
 
 def summarize(config, metrics: list[dict], members: int) -> dict:
-    """The run's result: test accuracy at the best-validation epoch (a later tie wins);
-    for num_runs > 1 the run with the best validation accuracy, as the book kept."""
+    """The run's result: test accuracy at the best-validation epoch (a later tie wins),
+    or at the last epoch with config.train_on_validation (selection: "last_epoch"; the
+    best_* fields then name that epoch); for num_runs > 1 the run with the best
+    validation accuracy, as the book kept."""
     if config.num_runs > 1:
         runs = []
         for r in range(config.num_runs):
@@ -596,12 +609,13 @@ def summarize(config, metrics: list[dict], members: int) -> dict:
                     best_validation_accuracy=best["best_validation_accuracy"],
                     best_epoch=best["best_epoch"], epochs_run=len(metrics),
                     final_test_accuracy=best["final_test_accuracy"], runs=runs,
-                    chosen_run=chosen)
-    out = dict(name=config.name, **_selected(metrics), epochs_run=len(metrics))
+                    chosen_run=chosen, selection="best_validation")
+    out = dict(name=config.name, **_selected(config, metrics), epochs_run=len(metrics),
+               selection="last_epoch" if config.train_on_validation else "best_validation")
     if "raw_validation_accuracy" in metrics[0]:   # the same selection for the raw weights
-        out.update(_selected(metrics, "raw_"))
+        out.update(_selected(config, metrics, "raw_"))
     if config.num_members > 1:
-        b = train.best_epoch([m["validation_accuracy"] for m in metrics])
+        b = _reported_epoch(config, [m["validation_accuracy"] for m in metrics])
         out.update(num_members=members, vote=config.vote,
                    members_test_accuracy=metrics[b]["members_test_accuracy"],
                    members_validation_accuracy=metrics[b]["members_validation_accuracy"])

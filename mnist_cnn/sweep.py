@@ -99,6 +99,10 @@ def parse(specs: list[str], config) -> list[tuple[str, list]]:
         if any(field == f for f, _ in axes):
             raise SweepError(f"--sweep: {field} is swept twice")
         axes.append((field, typed))
+    if config.train_on_validation or any(f == "train_on_validation" for f, _ in axes):
+        raise SweepError("--sweep ranks its points by validation accuracy, which "
+                         "config.train_on_validation trains on: sweep without it, then "
+                         "retrain the chosen point with it")
     return axes
 
 

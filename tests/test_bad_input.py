@@ -66,6 +66,7 @@ CONFIG_CASES = [
     ("augment_elastic_sigma=abc", "augment_elastic_sigma"),
     ("num_members=0", "num_members"), ("num_runs=0", "num_runs"),
     ("vote=borda", "vote"),
+    ("train_on_validation=maybe", "train_on_validation"),
     ("num_runs=2000000", "GiB"),                  # more runs than memory allows
 ]
 
@@ -97,6 +98,14 @@ def test_malformed_flags(tmp_path, args, fragment):
 def test_ensemble_and_runs_together_refused(tmp_path):
     assert_user_error(run("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
                           "--config.num_members=2", "--config.num_runs=2"), "cannot both")
+
+
+def test_best_of_runs_with_validation_trained_on_refused(tmp_path):
+    """num_runs keeps the best-validation run: meaningless on trained-on validation."""
+    assert_user_error(run("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
+                          "--config.num_runs=2", "--config.train_on_validation=True"),
+                      "train_on_validation", "num_runs")
+    assert not (tmp_path / "w").exists()
 
 
 def test_bad_config_variant_argument(tmp_path):

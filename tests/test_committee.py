@@ -44,6 +44,13 @@ def test_tally_counts_votes_by_hand():
     # A tie in validation goes to plurality (the book's vote).
     got = committee.tally(probs, probs, np.array([0, 0, 0, 0]), labels, ["a", "b", "c"])
     assert got["chosen_vote"] == "plurality"
+    # A vote fixed in advance is reported whatever validation says.
+    for rule, acc in (("mean_softmax", 1.0), ("plurality", 0.75)):
+        for val in ([1, 2, 5, 7], [1, 2, 3, 7]):
+            got = committee.tally(probs, probs, np.array(val), labels, ["a", "b", "c"], rule)
+            assert got["chosen_vote"] == rule and got["test_accuracy"] == acc
+            assert got["vote_rule"] == rule
+            assert "(chosen in advance)" in committee.markdown(got)
 
 
 def _committee_nll(probs, labels, members):
@@ -174,6 +181,38 @@ def test_weight_average_run_evaluates_the_average_and_reports_the_raw_weights(tm
         ema["final_test_accuracy"])
 
 
+def _tiny_run(workdir, **fields):
+    from experiments import dbl_conv_relu
+    c = dbl_conv_relu.get_config()
+    c.update(num_epochs=1, train_size=100, batch_size=50, plots=False, **fields)
+    c.layers[0].features, c.layers[1].features, c.layers[2].features = 2, 4, 8
+    return driver.run(c, str(workdir), log=lambda *a: None)
+
+
+def test_run_trained_on_validation_votes_only_by_a_rule_fixed_in_advance(tmp_path,
+                                                                       mnist_dir):
+    """Validation cannot choose the vote (or pick members) of a committee with a run
+    that trained on it: auto and greedy are refused before any network is evaluated;
+    a fixed rule is reported as chosen."""
+    s_tv = _tiny_run(tmp_path / "tv", train_on_validation=True)
+    assert s_tv["train_images"] == 10_100 and s_tv["selection"] == "last_epoch"
+    _tiny_run(tmp_path / "plain")
+    both = [str(tmp_path / "plain"), str(tmp_path / "tv")]
+    with pytest.raises(committee.CommitteeError, match="--vote_rule=plurality or mean"):
+        committee.vote_runs(both, log=lambda *a: None)
+    with pytest.raises(committee.CommitteeError, match="--vote_select=all"):
+        committee.vote_runs(both, log=lambda *a: None, select="greedy",
+                            rule="mean_softmax")
+    got = committee.vote_runs(both, log=lambda *a: None, rule="mean_softmax")
+    assert got["chosen_vote"] == "mean_softmax" and got["vote_rule"] == "mean_softmax"
+    assert got["test_accuracy"] == got["votes"]["mean_softmax"]["test_accuracy"]
+    assert got["members"][1]["test_accuracy"] == pytest.approx(s_tv["final_test_accuracy"])
+    proc = run("--mode=vote", f"--vote_runs={','.join(both)}",
+               f"--vote_out={tmp_path / 'v.json'}")
+    assert_user_error(proc, "trained on the validation images", "--vote_rule")
+    assert not (tmp_path / "v.json").exists()
+
+
 def test_bad_vote_requests(tmp_path, mnist_dir):
     proc = run("--mode=vote", "--vote_runs=")
     assert_user_error(proc, "--vote_runs is empty")
@@ -188,3 +227,7 @@ def test_bad_vote_requests(tmp_path, mnist_dir):
     assert_user_error(proc, "--vote_select=best: value should be one of <all|greedy>")
     with pytest.raises(committee.CommitteeError, match="--vote_select must be one of"):
         committee.vote_runs([str(tmp_path)], select="best")
+    proc = run("--mode=vote", f"--vote_runs={tmp_path}", "--vote_rule=borda")
+    assert_user_error(proc, "--vote_rule=borda: value should be one of")
+    with pytest.raises(committee.CommitteeError, match="--vote_rule must be one of"):
+        committee.vote_runs([str(tmp_path)], rule="borda")

@@ -553,6 +553,20 @@ def test_split_book_partition(full_arrays, train_size, n):
         assert s.images.flags.c_contiguous
 
 
+@pytest.mark.parametrize("train_size,n", [(None, 50_000), (1000, 1000)])
+def test_split_with_validation_trains_on_the_validation_images_too(full_arrays, train_size,
+                                                                   n):
+    """train_on_validation: the first n training images, then the 10,000 validation
+    images; the validation and test splits are the book's as before."""
+    ds = data.split(full_arrays, train_size, with_validation=True)
+    want = np.concatenate([np.arange(n), np.arange(50_000, 60_000)])
+    np.testing.assert_array_equal(decode_index(ds.train.images), want)
+    np.testing.assert_array_equal(ds.train.labels, want * 7 % 10)
+    np.testing.assert_array_equal(decode_index(ds.validation.images), np.arange(50_000, 60_000))
+    np.testing.assert_array_equal(decode_index(ds.test.images), np.arange(100_000, 100_007))
+    assert ds.train.images.flags.c_contiguous and ds.train.labels.dtype == np.int32
+
+
 def test_split_ignores_training_images_past_60000(full_arrays):
     arrays = dict(full_arrays, train_images=encode_index(60_010),
                   train_labels=np.zeros(60_010, np.uint8))

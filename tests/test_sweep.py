@@ -43,11 +43,19 @@ def test_parse_types_nested_fields_and_cross_product():
     ("layers[2].depth=3", "unknown config field"),
     ("shuffle=maybe", "shuffle takes bool values"),
     ("seed=1,1", "repeated"),
+    ("train_on_validation=false,true", "ranks its points by validation"),
 ])
 def test_bad_sweep_specs(spec, fragment):
     with pytest.raises(sweep.SweepError, match=None) as e:
         sweep.parse([spec], dbl_conv_relu.get_config())
     assert fragment in str(e.value)
+
+
+def test_sweep_of_a_config_trained_on_validation_refused():
+    c = dbl_conv_relu.get_config()
+    c.train_on_validation = True
+    with pytest.raises(sweep.SweepError, match="ranks its points by validation"):
+        sweep.parse(["learning_rate=0.1,0.2"], c)
 
 
 def test_shard_spec():

@@ -170,6 +170,34 @@ def test_best_epoch_later_tie_wins():
     assert train.best_epoch([0.5]) == 0
 
 
+def _metrics(vals, tests, prefix=""):
+    return [{"epoch": i + 1, prefix + "validation_accuracy": v, prefix + "test_accuracy": t,
+             "members_validation_accuracy": [v, v], "members_test_accuracy": [t, 1 - t]}
+            for i, (v, t) in enumerate(zip(vals, tests))]
+
+
+@pytest.mark.parametrize("trained_on_val", [False, True])
+def test_summary_reports_best_validation_epoch_or_the_last_when_validation_is_trained_on(
+        trained_on_val):
+    from mnist_cnn import driver
+    c = config_lib.base_config()
+    c.train_on_validation = trained_on_val
+    vals, tests = [0.90, 0.96, 0.93], [0.91, 0.92, 0.94]
+    m = _metrics(vals, tests)
+    for a, b in zip(m, _metrics([0.97, 0.90, 0.95], [0.80, 0.81, 0.82], "raw_")):
+        a.update(b)
+    got = driver.summarize(c, m, members=1)
+    want, want_raw = (2, 2) if trained_on_val else (1, 0)
+    assert got["selection"] == ("last_epoch" if trained_on_val else "best_validation")
+    assert (got["best_epoch"], got["test_accuracy"]) == (want + 1, tests[want])
+    assert got["best_validation_accuracy"] == vals[want] and got["final_test_accuracy"] == 0.94
+    assert (got["raw_best_epoch"], got["raw_test_accuracy"]) == (want_raw + 1,
+                                                                 [0.80, 0.81, 0.82][want_raw])
+    c.num_members = 2
+    got = driver.summarize(c, _metrics(vals, tests), members=2)
+    assert got["members_test_accuracy"] == [tests[want], 1 - tests[want]]
+
+
 def test_chunk_size_divides_the_epoch():
     assert train.chunk_size(5000, 500) == 500
     for steps, target in [(5000, 500), (4999, 500), (12, 5), (7, 100)]:

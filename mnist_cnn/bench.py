@@ -10,12 +10,15 @@ the device, pmap over devices when more than one) and measures, after one warm-u
 - FLOPs per training image counted from the layer shapes (`model_flops`: the same
   count for every conv implementation), and beside it XLA's cost analysis of one
   compiled training step (a scan's cost analysis counts its body once, so the step is
-  compiled on its own). XLA's count agrees on the CPU with `patches`, but on a GPU it
+  compiled on its own). XLA's count agrees on the CPU with `patches` except where
+  `layers.conv_pool` fuses a first layer's max-pooling (it then counts the fused
+  product's 1.44x multiply-adds: 9.9 of 9.2 MFLOP for dbl_conv_relu), and on a GPU it
   leaves out the cuDNN convolutions and cuBLAS products it calls (0.5 of 9.2 MFLOP for
   dbl_conv_relu with `xla` on an H200), so achieved GFLOP/s = counted FLOPs/image x
   images/s;
 - the fraction of the machine's f32 matmul ceiling (a jitted 2048^2 matmul, measured
-  in the same run, before and after) and of the device's peak (a table of known
+  in the same run, before and after; the fraction is of the larger of the two, the
+  stricter figure on a noisy machine) and of the device's peak (a table of known
   peaks, or --peak_tflops).
 
 Images are synthetic (uniform uint8): throughput does not depend on pixel values, and
@@ -235,7 +238,7 @@ def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
                         f"{r['train_images_per_s']:,.0f} train images/s, compile "
                         f"{r['compile_s']:.1f} s")
     after = matmul_ceiling()
-    add_fractions(rows, before, env["device_kind"], peak_tflops)
+    add_fractions(rows, max(before, after), env["device_kind"], peak_tflops)
     name = base.name or "network"
     return dict(name=name, **env, matmul_gflop_s_before=round(before, 1),
                 matmul_gflop_s_after=round(after, 1), images_per_rep=images,

@@ -6,6 +6,9 @@ arrays (and a PRNG key for dropout), so `jit`, `vmap` and `grad` compose with it
 
 from __future__ import annotations
 
+import itertools
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -155,6 +158,74 @@ def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
     return y if b is None else y + b
 
 
+def _blocked_kernel(w):
+    """(kh, kw, C, O) HWIO -> ((kh+1)*(kw+1)*C, 4*O): the kernel placed at the four
+    offsets of a 2x2 pooling window inside a (kh+1) x (kw+1) patch, zeros elsewhere;
+    columns ordered (window position, output map)."""
+    placed = [jnp.pad(w, ((a, 1 - a), (b, 1 - b), (0, 0), (0, 0)))
+              for a in range(2) for b in range(2)]
+    kh, kw, c, o = w.shape
+    return jnp.stack(placed, axis=3).reshape((kh + 1) * (kw + 1) * c, 4 * o)
+
+
+FUSE_MAX_CONTRACTION = 128   # kh*kw*C_in: fuse only short contractions; see fuses_max_pool
+FUSE_MAX_MAPS = 24           # output feature maps: fuse only narrow layers; ditto
+
+
+def fuses_max_pool(x_shape, w_shape, stride, padding, impl, pool_kind, window, pool_stride,
+                   backend: str | None = None) -> bool:
+    """Whether conv_pool computes max_pool(conv2d(x, w), 2) in one matmul: a stride-1
+    `patches` convolution on a CPU followed by max-pooling of non-overlapping 2x2
+    windows, with a kernel of at least 5x5 (the patch grows from kh*kw to (kh+1)*(kw+1):
+    1.44x the multiply-adds at 5x5, 1.78x at 3x3), a short contraction and few maps
+    (kh*kw*C_in at most FUSE_MAX_CONTRACTION, O at most FUSE_MAX_MAPS: a first layer,
+    whose cost is moving its patch matrix rather than multiplying) and room for one
+    window. Measured on a 2-core CPU at mini-batch 128 (BENCHMARKS.md): the book's conv 1
+    (25 x 20) alone trains 30% faster fused and dbl_conv_relu 5-8% faster; fusing its
+    conv 2 (500 x 40) gains nothing; modern (conv 1: 25 x 32) is 2-5% slower fused, and
+    slower still with its conv 2 (800 x 64) fused."""
+    backend = backend or jax.default_backend()
+    if impl == "auto":
+        impl = default_conv_impl(backend)
+    kh, kw = w_shape[:2]
+    if not (backend == "cpu" and impl == "patches" and pool_kind == "max"
+            and _pair(window, "window") == (2, 2)
+            and _pair(pool_stride or window, "stride") == (2, 2)
+            and _pair(stride, "stride") == (1, 1) and min(kh, kw) >= 5
+            and kh * kw * x_shape[-1] <= FUSE_MAX_CONTRACTION
+            and w_shape[3] <= FUSE_MAX_MAPS):
+        return False
+    pads = _explicit_padding(padding, (kh, kw), (1, 1), x_shape[1:3])
+    out = [x_shape[1 + i] + sum(pads[i]) - (kh, kw)[i] + 1 for i in range(2)]
+    return min(out) >= 2
+
+
+def conv_pool(x, w, stride=1, padding="VALID", impl="auto", pool_kind="max", window=2,
+              pool_stride=None):
+    """pool(conv2d(x, w), pool_kind, window, pool_stride), no bias.
+
+    Where fuses_max_pool holds, each 2x2 pooling window's four convolution outputs come
+    from one row of a (kh+1) x (kw+1) patch matrix taken at stride 2, times the kernel
+    placed at the window's four offsets (_blocked_kernel), and the max is taken over
+    that axis: the patch matrix is 2.8x smaller than the stride-1 one (at 5x5) and the
+    product 4x wider, for 1.44x the multiply-adds (see fuses_max_pool for when it pays).
+    Same values up to float rounding, ties in the max split as max_pool splits them.
+    """
+    if (x.ndim != 4 or w.ndim != 4 or x.shape[-1] != w.shape[2]   # conv2d says why
+            or not fuses_max_pool(x.shape, w.shape, stride, padding, impl, pool_kind,
+                                  window, pool_stride)):
+        return pool(conv2d(x, w, None, stride, padding, impl), pool_kind, window,
+                    pool_stride)
+    kh, kw = w.shape[:2]
+    pads = _explicit_padding(padding, (kh, kw), (1, 1), x.shape[1:3])
+    if any(p != (0, 0) for p in pads):
+        x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    patches = extract_patches(x, (kh + 1, kw + 1), 2)
+    n, ho, wo, k = patches.shape
+    y = _patch_matmul(patches.reshape(-1, k), _blocked_kernel(w))
+    return _max_over(y.reshape(n, ho, wo, 4, w.shape[3]), (3,))
+
+
 def _window_slices(x, window, stride, what="pool window"):
     """The kh*kw strided (N, Ho, Wo, C) views of x, one per window offset (i, j) in
     row-major order: reduced elementwise they pool; concatenated they are conv patches."""
@@ -191,44 +262,48 @@ def _pool(x, window, stride, reduce_blocks, combine):
     return out
 
 
-def _spread(y):
-    """(N, Ho, Wo, C) -> (N, Ho, 1, Wo, 1, C): one value per window, beside its block."""
-    return y[:, :, None, :, None, :]
-
-
-@jax.custom_vjp
-def _max_blocks(blocks):
-    """Max over axes 2 and 4 of (N, Ho, kh, Wo, kw, C) blocks: non-overlapping max-pooling.
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_over(blocks, axes):
+    """Max over `axes` of non-overlapping pooling blocks: (N, Ho, kh, Wo, kw, C) over
+    (2, 4) for max_pool, (N, Ho, Wo, 4, C) over (3,) for conv_max_pool's 2x2 windows.
 
     The gradient is JAX's own rule for a max reduction (each window's error split equally
     among its tied maxima), written so that XLA computes it in one fused pass: autodiff of
     jnp.max builds a 0/1 mask, a separate reduction counting it and a division, which on
     the CPU cost 12% of dbl_conv_relu's training step at mini-batch 128 (BENCHMARKS.md).
     """
-    return jnp.max(blocks, axis=(2, 4))
+    return jnp.max(blocks, axis=axes)
 
 
-def _max_blocks_fwd(blocks):
-    y = jnp.max(blocks, axis=(2, 4))
+def _max_over_fwd(blocks, axes):
+    y = jnp.max(blocks, axis=axes)
     return y, (blocks, y)
 
 
-def _max_blocks_bwd(res, g):
+def _max_over_bwd(axes, res, g):
     blocks, y = res
-    hit = blocks == _spread(y)
-    kh, kw = blocks.shape[2], blocks.shape[4]
-    # The tie count as a sum of kh*kw slices rather than a reduction, so it fuses.
-    count = sum(hit[:, :, i:i + 1, :, j:j + 1, :].astype(g.dtype)
-                for i in range(kh) for j in range(kw))
-    return (jnp.where(hit, _spread(g) / count, jnp.zeros((), g.dtype)),)
+    hit = blocks == jnp.expand_dims(y, axes)
+    # The tie count as a sum of one slice per window position rather than a
+    # reduction, so it fuses.
+    count = sum(hit[idx].astype(g.dtype) for idx in _window_positions(blocks.shape, axes))
+    return (jnp.where(hit, jnp.expand_dims(g, axes) / count, jnp.zeros((), g.dtype)),)
 
 
-_max_blocks.defvjp(_max_blocks_fwd, _max_blocks_bwd)
+def _window_positions(shape, axes):
+    """Index tuples, one per position within a window, each keeping its axes of size 1."""
+    for combo in itertools.product(*(range(shape[a]) for a in axes)):
+        idx = [slice(None)] * len(shape)
+        for a, i in zip(axes, combo):
+            idx[a] = slice(i, i + 1)
+        yield tuple(idx)
+
+
+_max_over.defvjp(_max_over_fwd, _max_over_bwd)
 
 
 def max_pool(x, window=2, stride=None):
     """Max over each window (stride defaults to the window). NHWC."""
-    return _pool(x, window, stride, lambda v, ax: _max_blocks(v), jnp.maximum)
+    return _pool(x, window, stride, lambda v, ax: _max_over(v, ax), jnp.maximum)
 
 
 def avg_pool(x, window=2, stride=None):

@@ -71,8 +71,8 @@ class ConvPool(nn.Module):
         w = self.param("w", _weight_init(self.init_scheme, self.activation, fan_out),
                        (self.kernel, self.kernel, x.shape[-1], self.features))
         b = self.param("b", _bias_init(self.init_scheme), (self.features,))
-        y = L.conv2d(x, w.astype(self.dtype), None, self.stride, self.padding, self.conv_impl)
-        y = L.pool(y, self.pool, self.pool_window, self.pool_stride or None)
+        y = L.conv_pool(x, w.astype(self.dtype), self.stride, self.padding, self.conv_impl,
+                        self.pool, self.pool_window, self.pool_stride or None)
         if self.batch_norm:
             y = self._normalise(y, train)
         return L.activation(self.activation)(y + b.astype(self.dtype))

@@ -267,3 +267,62 @@ def test_max_pool_gradient_is_jax_max_reduction_rule(window):
     hvp = lambda pool: jax.grad(lambda x: jnp.sum(jax.grad(lambda v: loss(pool, v))(x) * x))
     np.testing.assert_allclose(hvp(lambda v: L.max_pool(v, window))(x[1]), hvp(reference)(x[1]),
                                atol=1e-6)
+
+
+FUSED_CASES = [  # (x shape, kernel (kh, kw), padding): conv outputs even, odd, padded
+    ((2, 28, 28, 1), (5, 5), "VALID"),
+    ((2, 13, 11, 3), (5, 5), "SAME"),
+    ((1, 9, 10, 2), (7, 5), ((1, 0), (2, 1))),
+    ((2, 6, 6, 1), (5, 5), 0),
+]
+
+
+@pytest.mark.parametrize("shape,kernel,padding", FUSED_CASES)
+def test_fused_conv_max_pool_matches_numpy_loops(shape, kernel, padding):
+    """conv_pool's one-matmul form for max-pooling 2x2 windows after a narrow first-layer
+    convolution: numpy conv loops then numpy max over each window, ragged edge cropped."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape).astype(np.float32)
+    w = rng.normal(size=(*kernel, shape[-1], 6)).astype(np.float32)
+    assert L.fuses_max_pool(x.shape, w.shape, 1, padding, "auto", "max", 2, None, "cpu")
+    pads = L._explicit_padding(padding, kernel, (1, 1), shape[1:3])
+    want = pool_ref(conv_ref(x, w, (1, 1), pads), (2, 2), (2, 2), np.max)
+    got = jax.jit(lambda x, w: L.conv_pool(x, w, 1, padding))(x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_fused_conv_max_pool_gradients_match_the_unfused_layers_with_ties():
+    """Gradients for the input and the kernel equal autodiff of max_pool(conv2d(...))
+    through XLA's own convolution, with many exact ties in the max (integer inputs and
+    weights; a blank corner), jitted and vmapped, and second order for the kernel."""
+    rng = np.random.default_rng(11)
+    x = jnp.asarray(rng.integers(0, 2, size=(3, 2, 12, 12, 1)), jnp.float32)
+    x = x.at[:, :, :6, :6].set(0.0)
+    w = jnp.asarray(rng.integers(-1, 2, size=(5, 5, 1, 4)), jnp.float32)
+    ct = jnp.asarray(rng.normal(size=(2, 4, 4, 4)), jnp.float32)
+    fused = lambda x, w: jnp.sum(L.conv_pool(x, w) * ct)
+    plain = lambda x, w: jnp.sum(L.max_pool(L.conv2d(x, w, impl="xla"), 2) * ct)
+    assert L.fuses_max_pool(x.shape[1:], w.shape, 1, "VALID", "auto", "max", 2, None, "cpu")
+    grads = lambda f: jax.vmap(jax.grad(f, argnums=(0, 1)), in_axes=(0, None))(x, w)
+    ours, ref = jax.jit(lambda: grads(fused))(), grads(plain)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(ref[0][:, :, :6, :6]).max()) > 0      # tied zeros got a share
+    second = lambda f: jax.grad(lambda w: jnp.sum(jax.grad(f, argnums=1)(x[0], w) ** 2))(w)
+    np.testing.assert_allclose(second(fused), second(plain), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("change,fuses", [
+    ({}, True),
+    (dict(backend="gpu"), False), (dict(impl="xla"), False),
+    (dict(pool_kind="l2"), False), (dict(window=3), False), (dict(pool_stride=1), False),
+    (dict(stride=2), False), (dict(w_shape=(3, 3, 1, 20)), False),      # 3x3: 1.78x work
+    (dict(x_shape=(8, 12, 12, 20), w_shape=(5, 5, 20, 20)), False),    # long contraction
+    (dict(w_shape=(5, 5, 1, 40)), False),                               # many maps
+    (dict(x_shape=(8, 5, 5, 1)), False),                                # no window fits
+])
+def test_fused_conv_max_pool_is_used_where_it_pays(change, fuses):
+    args = dict(x_shape=(8, 28, 28, 1), w_shape=(5, 5, 1, 20), stride=1, padding="VALID",
+                impl="auto", pool_kind="max", window=2, pool_stride=None, backend="cpu")
+    args.update(change)
+    assert L.fuses_max_pool(**args) is fuses

@@ -308,3 +308,29 @@ def test_weight_average_is_the_exponential_average_of_every_step():
     # the average moved away from both the start and the last parameters
     ema_w, last_w = out.ema["layer0_conv"]["w"], s.params["layer0_conv"]["w"]
     assert not np.allclose(ema_w, last_w) and not np.allclose(ema_w, first_w)
+
+
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, nested ones (jit, scan bodies, custom VJPs) included."""
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _eqns(inner)
+
+
+@pytest.mark.parametrize("batch,micro,unrolled", [(8, 4, True), (8, 1, True), (16, 1, False)])
+def test_micro_batch_scan_is_unrolled_up_to_a_few_slices(batch, micro, unrolled):
+    """Up to train.MAX_UNROLLED_SLICES slices the accumulation is unrolled (XLA's CPU
+    runtime then runs the slices side by side); more stay a loop."""
+    c = tiny_config(batch_size=batch, micro_batch=micro)
+    config_lib.validate(c)
+    x, y = fake_data(batch, seed=3)
+    model, tx, state = setup(c, num_batches=10)
+    step = train.make_train_step(model, tx, c.l2, 10, config=c)
+    jaxpr = jax.make_jaxpr(step)(state, data.to_float(x), y).jaxpr
+    scans = [e for e in _eqns(jaxpr) if e.primitive.name == "scan"]
+    k = batch // micro
+    assert [(e.params["length"], e.params["unroll"] > 1) for e in scans] == [(k, unrolled)]

@@ -63,12 +63,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config_lib.validate(c)
 
 
-def load_run(workdir: str):
+def load_run(workdir: str, config=None):
     """(config, model, params, epoch): the run's newest checkpoint (params: its weight
     average when it kept one, as the run evaluated); params stacked on a
     leading axis when the run trained several networks together; epoch: the epochs it
-    finished, or "E + S steps" for a checkpoint S mini-batches into epoch E + 1."""
-    config = load_config(workdir)
+    finished, or "E + S steps" for a checkpoint S mini-batches into epoch E + 1.
+    config: the run's load_config, when the caller has read it already."""
+    config = load_config(workdir) if config is None else config
     if not checkpoint.exists(workdir):
         raise CommitteeError(f"{workdir} has no checkpoint to vote with (checkpoints/ "
                              f"is empty or missing)")
@@ -205,8 +206,8 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") 
                    download=first.download)
     val_x, test_x = jax.device_put(ds.validation.images), jax.device_put(ds.test.images)
     names, epochs, pv, pt = [], [], [], []
-    for workdir in workdirs:
-        config, model, params, epoch = load_run(workdir)
+    for workdir, config in zip(workdirs, configs):
+        config, model, params, epoch = load_run(workdir, config)
         stacked = max(config.num_members, config.num_runs) > 1
         shifts = config.eval_shifts if eval_shifts is None else eval_shifts
         v = member_probabilities(model, params, stacked, val_x, config.eval_batch_size, shifts)

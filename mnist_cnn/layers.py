@@ -123,6 +123,13 @@ def _patch_matmul_bwd(res, g):
 _patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
+def _pad_spatial(x, pads):
+    """NHWC x zero-padded by explicit ((top, bottom), (left, right)); as is when all 0."""
+    if all(p == (0, 0) for p in pads):
+        return x
+    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+
+
 def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
     """2-D convolution (cross-correlation, as Theano's and every framework's conv2d).
 
@@ -146,8 +153,7 @@ def conv2d(x, w, b=None, stride=1, padding="VALID", impl="auto"):
         y = lax.conv_general_dilated(x, w, stride, pads,
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     else:
-        if any(p != (0, 0) for p in pads):
-            x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+        x = _pad_spatial(x, pads)
         patches = extract_patches(x, (kh, kw), stride)
         # A 2-D matmul: its autodiff transposes stay plain 2-D matmuls, which XLA's CPU
         # backend runs ~3x faster than the 4-D dot_general the unreshaped form gives;
@@ -218,9 +224,7 @@ def conv_pool(x, w, stride=1, padding="VALID", impl="auto", pool_kind="max", win
                     pool_stride)
     kh, kw = w.shape[:2]
     pads = _explicit_padding(padding, (kh, kw), (1, 1), x.shape[1:3])
-    if any(p != (0, 0) for p in pads):
-        x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    patches = extract_patches(x, (kh + 1, kw + 1), 2)
+    patches = extract_patches(_pad_spatial(x, pads), (kh + 1, kw + 1), 2)
     n, ho, wo, k = patches.shape
     y = _patch_matmul(patches.reshape(-1, k), _blocked_kernel(w))
     return _max_over(y.reshape(n, ho, wo, 4, w.shape[3]), (3,))
@@ -265,7 +269,7 @@ def _pool(x, window, stride, reduce_blocks, combine):
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_over(blocks, axes):
     """Max over `axes` of non-overlapping pooling blocks: (N, Ho, kh, Wo, kw, C) over
-    (2, 4) for max_pool, (N, Ho, Wo, 4, C) over (3,) for conv_max_pool's 2x2 windows.
+    (2, 4) for max_pool, (N, Ho, Wo, 4, C) over (3,) for conv_pool's fused 2x2 windows.
 
     The gradient is JAX's own rule for a max reduction (each window's error split equally
     among its tied maxima), written so that XLA computes it in one fused pass: autodiff of

@@ -96,31 +96,16 @@ def extract_patches(x, kernel, stride=1):
     return jnp.stack(rows, axis=3).reshape(n, ho, wo, kh * kw * c)
 
 
-_CONTRACT_ROWS = (((0,), (0,)), ((), ()))
-
-
-@jax.custom_vjp
 def _patch_matmul(p, w):
-    """p @ w for a patch matrix (M, K) and a reshaped kernel (K, O), with the backward
-    pass XLA's CPU backend runs faster: the kernel's gradient as (g^T @ p)^T instead of
-    autodiff's p^T @ g (at dbl_conv_relu's conv 2 in micro-batches of 64, M = 4096,
-    K = 500, O = 40: 1.4 ms instead of 2.2 ms). The optimization barrier keeps XLA from
-    folding the transpose back into the dot. Same values up to float rounding; reverse
-    mode only (nothing here uses forward-mode autodiff)."""
-    return p @ w
-
-
-def _patch_matmul_fwd(p, w):
-    return p @ w, (p, w)
-
-
-def _patch_matmul_bwd(res, g):
-    p, w = res
-    dw = lax.optimization_barrier(lax.dot_general(g, p, _CONTRACT_ROWS)).T
-    return g @ w.T, dw
-
-
-_patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+    """p @ w for a patch matrix (M, K) and a reshaped kernel (K, O), written so that
+    reverse-mode autodiff computes the kernel's gradient in the orientation XLA's CPU
+    backend runs faster: (g^T @ p)^T instead of p^T @ g (at dbl_conv_relu's conv 2 in
+    micro-batches of 64, M = 4096, K = 500, O = 40: 1.4 ms instead of 2.2 ms). The kernel
+    enters the product transposed, (O, K), so the product's transpose rule yields g^T @ p,
+    (O, K); the optimization barrier on that operand (its own transpose) keeps XLA from
+    folding the transposes back into p^T @ g. Plain JAX operations, no custom rule:
+    forward mode (jvp, jacfwd, Hessian-vector products), vmap and higher orders work."""
+    return lax.dot_general(p, lax.optimization_barrier(w.T), (((1,), (1,)), ((), ())))
 
 
 def _pad_spatial(x, pads):
@@ -266,31 +251,30 @@ def _pool(x, window, stride, reduce_blocks, combine):
     return out
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_over(blocks, axes):
     """Max over `axes` of non-overlapping pooling blocks: (N, Ho, kh, Wo, kw, C) over
     (2, 4) for max_pool, (N, Ho, Wo, 4, C) over (3,) for conv_pool's fused 2x2 windows.
 
-    The gradient is JAX's own rule for a max reduction (each window's error split equally
-    among its tied maxima), written so that XLA computes it in one fused pass: autodiff of
-    jnp.max builds a 0/1 mask, a separate reduction counting it and a division, which on
-    the CPU cost 12% of dbl_conv_relu's training step at mini-batch 128 (BENCHMARKS.md).
+    The derivative is JAX's own rule for a max reduction (each window's tangent or error
+    split equally among its tied maxima), written so that XLA computes it in one fused
+    pass: autodiff of jnp.max builds a 0/1 mask, a separate reduction counting it and a
+    division, which on the CPU cost 12% of dbl_conv_relu's training step at mini-batch
+    128 (BENCHMARKS.md). A forward-mode rule, so jvp works and reverse mode transposes it.
     """
     return jnp.max(blocks, axis=axes)
 
 
-def _max_over_fwd(blocks, axes):
+@_max_over.defjvp
+def _max_over_jvp(axes, primals, tangents):
+    (blocks,), (t,) = primals, tangents
     y = jnp.max(blocks, axis=axes)
-    return y, (blocks, y)
-
-
-def _max_over_bwd(axes, res, g):
-    blocks, y = res
     hit = blocks == jnp.expand_dims(y, axes)
     # The tie count as a sum of one slice per window position rather than a
     # reduction, so it fuses.
-    count = sum(hit[idx].astype(g.dtype) for idx in _window_positions(blocks.shape, axes))
-    return (jnp.where(hit, jnp.expand_dims(g, axes) / count, jnp.zeros((), g.dtype)),)
+    count = sum(hit[idx].astype(t.dtype) for idx in _window_positions(blocks.shape, axes))
+    picked = jnp.where(hit, t, jnp.zeros((), t.dtype))
+    return y, jnp.sum(picked, axis=axes) / jnp.squeeze(count, axes)
 
 
 def _window_positions(shape, axes):
@@ -300,9 +284,6 @@ def _window_positions(shape, axes):
         for a, i in zip(axes, combo):
             idx[a] = slice(i, i + 1)
         yield tuple(idx)
-
-
-_max_over.defvjp(_max_over_fwd, _max_over_bwd)
 
 
 def max_pool(x, window=2, stride=None):

@@ -100,6 +100,62 @@ def test_patch_matmul_gradients_match_plain_matmul_and_numpy():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
+def test_patch_matmul_keeps_the_faster_kernel_gradient_orientation():
+    """Reverse mode computes the kernel's gradient as g^T @ p, (O, K), behind an
+    optimization barrier, then transposes it: the form XLA's CPU backend runs faster
+    (autodiff of a plain p @ w computes p^T @ g, (K, O))."""
+    p, w, g = jnp.ones((64, 50)), jnp.ones((50, 7)), jnp.ones((64, 7))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(L._patch_matmul(p, w) * g)))(w).jaxpr
+    dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    dw = [e for e in dots if e.outvars[0].aval.shape == (7, 50)]
+    assert len(dw) == 1 and dw[0].params["dimension_numbers"][0] == ((0,), (0,))
+    users = [e.primitive.name for e in jaxpr.eqns if dw[0].outvars[0] in e.invars]
+    assert users == ["optimization_barrier"]
+    assert not [e for e in dots if e.outvars[0].aval.shape == (50, 7)]
+
+
+def _plain_max_pool(x, k=2):
+    """Max over k x k blocks as a plain jnp.max (JAX's own derivative rules)."""
+    n, h, w, c = x.shape
+    ho, wo = h // k, w // k
+    return jnp.max(x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c), axis=(2, 4))
+
+
+def test_forward_mode_autodiff_matches_plain_jax_layers():
+    """jvp, jacfwd and forward-over-reverse Hessian-vector products through the CPU
+    layers (patch conv, fused conv + max-pool, hand-fused max-pool, with exact ties) equal
+    the same through XLA's convolution and a plain jnp.max, and the HVP equals
+    reverse-over-reverse."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.integers(0, 2, size=(2, 14, 14, 1)), jnp.float32)
+    w1 = jnp.asarray(rng.normal(size=(5, 5, 1, 4)), jnp.float32)
+    w2 = jnp.asarray(rng.normal(size=(3, 3, 4, 3)), jnp.float32)
+    ct = jnp.asarray(rng.normal(size=(2, 1, 1, 3)), jnp.float32)
+    assert L.fuses_max_pool(x.shape, w1.shape, 1, "VALID", "auto", "max", 2, None, "cpu")
+
+    def ours(ws):
+        h = jax.nn.relu(L.conv_pool(x, ws[0]))                     # (2, 5, 5, 4)
+        return jnp.sum(L.max_pool(L.conv2d(h, ws[1], impl="patches"), 2) * ct)
+
+    def plain(ws):
+        h = jax.nn.relu(_plain_max_pool(L.conv2d(x, ws[0], impl="xla")))
+        return jnp.sum(_plain_max_pool(L.conv2d(h, ws[1], impl="xla")) * ct)
+
+    ws = (w1, w2)
+    v = tuple(jnp.asarray(rng.normal(size=a.shape), jnp.float32) for a in ws)
+    close = lambda a, b: jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4), a, b)
+    close(jax.jvp(ours, (ws,), (v,)), jax.jvp(plain, (ws,), (v,)))
+    close(jax.jacfwd(ours)(ws), jax.jacfwd(plain)(ws))
+    hvp = lambda f: jax.jvp(jax.grad(f), (ws,), (v,))[1]
+    rr = lambda f: jax.grad(lambda ws: sum(jnp.vdot(a, b) for a, b in
+                                           zip(jax.grad(f)(ws), v)))(ws)
+    close(jax.jit(lambda: hvp(ours))(), hvp(plain))
+    close(hvp(ours), rr(ours))
+    out = jax.jvp(lambda x: L.max_pool(x, 2), (x,), (jnp.ones_like(x),))[1]
+    np.testing.assert_allclose(out, jnp.ones_like(out))           # ties share a tangent of 1
+
+
 def test_same_padding_keeps_size_at_stride_one():
     x = jnp.ones((1, 7, 7, 1))
     w = jnp.ones((5, 5, 1, 2))

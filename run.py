@@ -33,6 +33,8 @@ flags.DEFINE_enum("mode", "train", ["train", "benchmark", "vote"],
                   "train: train the experiment; benchmark: measure its network's speed "
                   "(see mnist_cnn/bench.py); vote: the networks of finished runs "
                   "(--vote_runs) vote on validation and test (mnist_cnn/committee.py).")
+# The vote choices repeat committee.SELECTIONS and RULES (importing it would load jax
+# before the flags parse); tests/test_committee.py checks that they agree.
 flags.DEFINE_list("vote_runs", [], "vote: run directories whose newest checkpoints vote.")
 flags.DEFINE_string("vote_out", "vote.json", "vote: JSON output path.")
 flags.DEFINE_integer("vote_eval_shifts", -1, "vote: test-time shifts for every network "

@@ -231,3 +231,17 @@ def test_bad_vote_requests(tmp_path, mnist_dir):
     assert_user_error(proc, "--vote_rule=borda: value should be one of")
     with pytest.raises(committee.CommitteeError, match="--vote_rule must be one of"):
         committee.vote_runs([str(tmp_path)], rule="borda")
+
+
+def test_run_py_vote_flags_offer_exactly_the_committees_choices():
+    # run.py keeps jax out of flag parsing, so it spells the choices out again: they
+    # must stay the ones committee.vote_runs accepts (read off run.py's source).
+    import ast
+    import pathlib
+
+    tree = ast.parse((pathlib.Path(__file__).parents[1] / "run.py").read_text())
+    enums = {call.args[0].value: [e.value for e in call.args[2].elts]
+             for call in ast.walk(tree) if isinstance(call, ast.Call)
+             and getattr(call.func, "attr", "") == "DEFINE_enum"}
+    assert tuple(enums["vote_select"]) == committee.SELECTIONS
+    assert tuple(enums["vote_rule"]) == committee.RULES

@@ -35,7 +35,11 @@ flags.DEFINE_enum("mode", "train", ["train", "benchmark", "vote"],
                   "(--vote_runs) vote on validation and test (mnist_cnn/committee.py).")
 # The vote choices repeat committee.SELECTIONS and RULES (importing it would load jax
 # before the flags parse); tests/test_committee.py checks that they agree.
-flags.DEFINE_list("vote_runs", [], "vote: run directories whose newest checkpoints vote.")
+flags.DEFINE_list("vote_runs", [], "vote: run directories whose newest checkpoints vote, "
+                  "or .npz files --vote_save_outputs wrote (their networks' saved outputs).")
+flags.DEFINE_string("vote_save_outputs", None, "vote: also save every network's "
+                    "validation and test softmax outputs to this .npz file, which a later "
+                    "--vote_runs can name in place of the run directories.")
 flags.DEFINE_string("vote_out", "vote.json", "vote: JSON output path.")
 flags.DEFINE_integer("vote_eval_shifts", -1, "vote: test-time shifts for every network "
                      "(config.eval_shifts: 4k+1 views); -1: each run's own.")

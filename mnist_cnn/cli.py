@@ -191,10 +191,12 @@ def vote(flags) -> int:
     shifts = None if flags.vote_eval_shifts < 0 else flags.vote_eval_shifts
     result = committee.vote_runs(flags.vote_runs, log=lambda m: print(m, file=sys.stderr),
                                  eval_shifts=shifts, select=flags.vote_select,
-                                 rule=flags.vote_rule)
+                                 rule=flags.vote_rule,
+                                 outputs_path=flags.vote_save_outputs)
     print(committee.markdown(result))
     driver.write_json_atomic(flags.vote_out, result)
-    print(f"\nwrote {flags.vote_out}")
+    print(f"\nwrote {flags.vote_out}"
+          + (f" and {flags.vote_save_outputs}" if flags.vote_save_outputs else ""))
     return 0
 
 

@@ -20,6 +20,13 @@ by the choice.
 a run trained on the validation images (`config.train_on_validation`) must, and cannot
 be picked greedily.
 
+`--vote_save_outputs=FILE.npz` keeps what the vote read: every network's validation
+and test softmax outputs, with its name, epoch, test-time shifts and whether it trained
+on the validation images, and the labels they were scored against. A saved file can
+stand in a later `--vote_runs` list for its networks (a committee that outlives its run
+directories, or grows across sessions: Caruana et al. keep such a "library" of model
+predictions); it must have been computed on the same validation and test images.
+
 The networks are evaluated as they are in their newest checkpoint (the end of the last
 finished epoch), not at their best-validation epoch: a checkpoint of every epoch is
 not kept.
@@ -88,6 +95,65 @@ def load_run(workdir: str, config=None):
     epoch, steps = int(meta["epoch"]), int(meta.get("step_in_epoch") or 0)
     done = epoch if not steps else f"{epoch} + {steps} steps"
     return config, model, train.eval_params(state), done
+
+
+OUTPUTS_FORMAT = 1
+_OUTPUT_KEYS = ("format", "names", "epochs", "eval_shifts", "trained_on_validation",
+                "validation_probabilities", "test_probabilities", "validation_labels",
+                "test_labels")
+
+
+def save_outputs(path: str, outputs: dict) -> None:
+    """Writes a committee's evaluated networks (outputs: the _OUTPUT_KEYS but format)
+    to path (.npz, compressed), atomically: a partial file never bears the name."""
+    arrays = dict(format=np.int64(OUTPUTS_FORMAT),
+                  names=np.asarray(outputs["names"], dtype=str),
+                  epochs=np.asarray([str(e) for e in outputs["epochs"]], dtype=str),
+                  eval_shifts=np.asarray(outputs["eval_shifts"], np.int64),
+                  trained_on_validation=np.asarray(outputs["trained_on_validation"], bool),
+                  validation_probabilities=np.asarray(outputs["validation_probabilities"],
+                                                      np.float32),
+                  test_probabilities=np.asarray(outputs["test_probabilities"], np.float32),
+                  validation_labels=np.asarray(outputs["validation_labels"], np.int64),
+                  test_labels=np.asarray(outputs["test_labels"], np.int64))
+    tmp = path + ".tmp.npz"
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_outputs(path: str) -> dict:
+    """A file save_outputs wrote, checked: its arrays as a dict."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            got = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise CommitteeError(f"{path} is not a committee outputs file "
+                             f"(--vote_save_outputs writes them): {e}") from None
+    missing = [k for k in _OUTPUT_KEYS if k not in got]
+    if missing or int(got["format"]) != OUTPUTS_FORMAT:
+        raise CommitteeError(f"{path} is not a committee outputs file of format "
+                             f"{OUTPUTS_FORMAT} (missing {', '.join(missing) or 'nothing'}, "
+                             f"format {got.get('format')}): write it again with "
+                             f"--vote_save_outputs")
+    m = len(got["names"])
+    n_val, n_test = len(got["validation_labels"]), len(got["test_labels"])
+    if (got["validation_probabilities"].shape[:2] != (m, n_val)
+            or got["test_probabilities"].shape[:2] != (m, n_test)
+            or not len(got["epochs"]) == len(got["eval_shifts"])
+            == len(got["trained_on_validation"]) == m):
+        raise CommitteeError(f"{path}: its arrays disagree in shape (names {m}, "
+                             f"validation {got['validation_probabilities'].shape}, test "
+                             f"{got['test_probabilities'].shape}); the file is damaged")
+    return got
+
+
+def is_outputs_file(entry: str) -> bool:
+    """A --vote_runs entry that names a saved outputs file, not a run directory."""
+    return entry.endswith(".npz")
 
 
 def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200,
@@ -172,13 +238,47 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") -> dict:
+def _load_entries(workdirs):
+    """Each --vote_runs entry as (entry, config or None, saved outputs or None), read
+    and checked before any network is evaluated; the configs' and files' flags say
+    which members trained on the validation images."""
+    entries = []
+    for w in workdirs:
+        if is_outputs_file(w):
+            if not os.path.isfile(w):
+                raise CommitteeError(f"{w}: no such outputs file (--vote_save_outputs "
+                                     f"writes them); give a run directory or a saved file")
+            entries.append((w, None, load_outputs(w)))
+        else:
+            entries.append((w, load_config(w), None))
+    return entries
+
+
+def _trained_on_validation(entries) -> list:
+    return [w for w, c, saved in entries
+            if (c is not None and c.train_on_validation)
+            or (saved is not None and bool(np.any(saved["trained_on_validation"])))]
+
+
+def _same_images(w, saved, ds):
+    for split in ("validation", "test"):
+        if not np.array_equal(saved[f"{split}_labels"], getattr(ds, split).labels):
+            raise CommitteeError(f"{w} was computed on other {split} images than this "
+                                 f"vote's ({ds.source}): vote it with the data it was "
+                                 f"saved from")
+
+
+def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
+              outputs_path=None) -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
-    the first run's config finds its data), tallies. eval_shifts: test-time shifts for
-    every network (config.eval_shifts); None: each run's own. select: "all" networks
-    vote, or "greedy": the committee greedy_select picks on validation. rule: "auto"
-    (the vote with the better validation accuracy) or a vote fixed in advance, which a
-    committee with a run trained on the validation images (train_on_validation) needs."""
+    the first run's config finds its data), tallies. An entry ending in .npz is a file
+    --vote_save_outputs wrote: its networks vote with their saved outputs (checked to
+    be of the same images). eval_shifts: test-time shifts for every network
+    (config.eval_shifts); None: each run's own (a saved file's: as saved). select: "all"
+    networks vote, or "greedy": the committee greedy_select picks on validation. rule:
+    "auto" (the vote with the better validation accuracy) or a vote fixed in advance,
+    which a committee with a run trained on the validation images (train_on_validation)
+    needs. outputs_path: where to save every evaluated network's outputs (.npz)."""
     if select not in SELECTIONS:
         raise CommitteeError(f"--vote_select must be one of {', '.join(SELECTIONS)}, "
                              f"got {select!r}")
@@ -191,8 +291,16 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") 
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")
-    configs = [load_config(w) for w in workdirs]
-    trained_on_val = [w for w, c in zip(workdirs, configs) if c.train_on_validation]
+    if outputs_path is not None:
+        if not is_outputs_file(outputs_path):
+            raise CommitteeError(f"--vote_save_outputs={outputs_path}: the file name "
+                                 f"must end in .npz")
+        where = os.path.dirname(os.path.abspath(outputs_path))
+        if not os.path.isdir(where):
+            raise CommitteeError(f"--vote_save_outputs={outputs_path}: no directory "
+                                 f"{where}; create it first")
+    entries = _load_entries(workdirs)
+    trained_on_val = _trained_on_validation(entries)
     if trained_on_val and select == "greedy":
         raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
                              f"(train_on_validation), so validation cannot pick the "
@@ -201,12 +309,29 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") 
         raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
                              f"(train_on_validation), so validation cannot choose the "
                              f"vote: fix it with --vote_rule=plurality or mean_softmax")
-    first = configs[0]
+    for w, _, saved in entries:
+        if saved is not None and eval_shifts is not None and any(
+                int(s) != eval_shifts for s in saved["eval_shifts"]):
+            raise CommitteeError(f"{w} holds outputs with test-time shifts "
+                                 f"{sorted(set(int(s) for s in saved['eval_shifts']))}, "
+                                 f"which --vote_eval_shifts={eval_shifts} cannot redo: "
+                                 f"pass -1, or vote the run directories instead")
+    first = next((c for _, c, _ in entries if c is not None), config_lib.base_config())
     ds = data.load(first.data_source, first.data_dir or None, first.train_size,
                    download=first.download)
     val_x, test_x = jax.device_put(ds.validation.images), jax.device_put(ds.test.images)
-    names, epochs, pv, pt = [], [], [], []
-    for workdir, config in zip(workdirs, configs):
+    names, epochs, shifts_of, on_val, pv, pt = [], [], [], [], [], []
+    for workdir, config, saved in entries:
+        if saved is not None:
+            _same_images(workdir, saved, ds)
+            names += [str(n) for n in saved["names"]]
+            epochs += [int(e) if str(e).isdigit() else str(e) for e in saved["epochs"]]
+            shifts_of += [int(s) for s in saved["eval_shifts"]]
+            on_val += [bool(t) for t in saved["trained_on_validation"]]
+            pv.append(saved["validation_probabilities"])
+            pt.append(saved["test_probabilities"])
+            log(f"{workdir}: {len(saved['names'])} network(s) from saved outputs")
+            continue
         config, model, params, epoch = load_run(workdir, config)
         stacked = max(config.num_members, config.num_runs) > 1
         shifts = config.eval_shifts if eval_shifts is None else eval_shifts
@@ -215,6 +340,8 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") 
         for i in range(len(v)):
             names.append(f"{workdir}[{i}]" if stacked else workdir)
             epochs.append(epoch)
+            shifts_of.append(shifts)
+            on_val.append(bool(config.train_on_validation))
         pv.append(v)
         pt.append(t)
         log(f"{workdir}: {len(v)} network(s) at epoch {epoch}"
@@ -229,9 +356,17 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto") 
                    [names[i] for i in keep], rule)
     for m, i in zip(result["members"], keep):
         m["epoch"] = epochs[i]
+        m["eval_shifts"] = shifts_of[i]
     result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts,
                   select=select)
     if select == "greedy":   # every network's own accuracies, chosen or not
         result["candidates"] = member_accuracies(pv, pt, ds.validation.labels,
                                                  ds.test.labels, names)
+    if outputs_path is not None:
+        save_outputs(outputs_path, dict(
+            names=names, epochs=epochs, eval_shifts=shifts_of,
+            trained_on_validation=on_val, validation_probabilities=pv,
+            test_probabilities=pt, validation_labels=ds.validation.labels,
+            test_labels=ds.test.labels))
+        result["outputs_file"] = outputs_path
     return result

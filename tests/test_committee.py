@@ -245,3 +245,88 @@ def test_run_py_vote_flags_offer_exactly_the_committees_choices():
              and getattr(call.func, "attr", "") == "DEFINE_enum"}
     assert tuple(enums["vote_select"]) == committee.SELECTIONS
     assert tuple(enums["vote_rule"]) == committee.RULES
+
+
+def _outputs(m=3, n_val=4, n_test=5, seed=0, **over):
+    rng = np.random.default_rng(seed)
+    p = lambda n: rng.dirichlet(np.ones(10), size=(m, n)).astype(np.float32)
+    out = dict(names=[f"net{i}" for i in range(m)], epochs=[3, "2 + 7 steps", 3][:m],
+               eval_shifts=[0, 1, 0][:m], trained_on_validation=[False, True, False][:m],
+               validation_probabilities=p(n_val), test_probabilities=p(n_test),
+               validation_labels=rng.integers(0, 10, n_val),
+               test_labels=rng.integers(0, 10, n_test))
+    out.update(over)
+    return out
+
+
+def test_saved_outputs_round_trip_and_damaged_files_are_refused(tmp_path):
+    out = _outputs()
+    path = str(tmp_path / "o.npz")
+    committee.save_outputs(path, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz"]   # no temporary left
+    got = committee.load_outputs(path)
+    assert list(got["names"]) == out["names"]
+    assert list(got["epochs"]) == ["3", "2 + 7 steps", "3"]
+    assert list(got["eval_shifts"]) == [0, 1, 0]
+    assert list(got["trained_on_validation"]) == [False, True, False]
+    for k in ("validation_probabilities", "test_probabilities"):
+        np.testing.assert_array_equal(got[k], out[k])      # float32 kept bit for bit
+    for k in ("validation_labels", "test_labels"):
+        np.testing.assert_array_equal(got[k], out[k])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(committee.CommitteeError, match="is not a committee outputs file"):
+        committee.load_outputs(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(committee.CommitteeError, match="missing format, names"):
+        committee.load_outputs(str(tmp_path / "other.npz"))
+    short = dict(out, test_probabilities=out["test_probabilities"][:, :2])
+    committee.save_outputs(str(tmp_path / "short.npz"), short)
+    with pytest.raises(committee.CommitteeError, match="disagree in shape"):
+        committee.load_outputs(str(tmp_path / "short.npz"))
+
+
+def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
+    """A committee's saved outputs stand in for its run directories: voting the file
+    (alone, or beside a run directory) gives the same members and votes as voting the
+    runs; a file's train_on_validation flags still forbid choosing by validation; a
+    file of other images, or other test-time shifts, is refused."""
+    _tiny_run(tmp_path / "a")
+    _tiny_run(tmp_path / "b", seed=1, train_on_validation=True)
+    _tiny_run(tmp_path / "c", seed=2)
+    runs = [str(tmp_path / n) for n in "abc"]
+    quiet = lambda *a: None
+    ab = str(tmp_path / "ab.npz")
+    direct = committee.vote_runs(runs, log=quiet, rule="mean_softmax")
+    committee.vote_runs(runs[:2], log=quiet, rule="plurality", outputs_path=ab)
+    for voters in ([ab, runs[2]], [runs[0], runs[1], runs[2]]):
+        got = committee.vote_runs(voters, log=quiet, rule="mean_softmax")
+        assert got["members"] == direct["members"]
+        assert got["votes"] == direct["votes"]
+    saved = committee.load_outputs(ab)
+    assert list(saved["names"]) == runs[:2]
+    assert list(saved["trained_on_validation"]) == [False, True]
+    with pytest.raises(committee.CommitteeError, match="--vote_rule=plurality or mean"):
+        committee.vote_runs([ab], log=quiet)
+    with pytest.raises(committee.CommitteeError, match=r"shifts \[0\].*--vote_eval_shifts=1"):
+        committee.vote_runs([ab], log=quiet, rule="plurality", eval_shifts=1)
+    alone = committee.vote_runs([ab], log=quiet, rule="plurality", eval_shifts=0)
+    assert alone["members"] == direct["members"][:2]
+    other = str(tmp_path / "other.npz")
+    committee.save_outputs(other, _outputs(n_val=10_000, n_test=10_000))
+    with pytest.raises(committee.CommitteeError, match="computed on other validation"):
+        committee.vote_runs([runs[0], other], log=quiet, rule="plurality")
+    for bad, msg in ((str(tmp_path / "none.npz"), "no such outputs file"),
+                     (str(tmp_path / "x.json"), "must end in .npz"),
+                     (str(tmp_path / "no" / "x.npz"), "create it first")):
+        with pytest.raises(committee.CommitteeError, match=msg):
+            if bad.endswith("none.npz"):
+                committee.vote_runs([bad], log=quiet, rule="plurality")
+            else:
+                committee.vote_runs(runs, log=quiet, rule="plurality", outputs_path=bad)
+    # From the command line: the file is written beside the vote's JSON.
+    out, npz = tmp_path / "v.json", tmp_path / "v.npz"
+    proc = run("--mode=vote", f"--vote_runs={ab},{runs[2]}", "--vote_rule=mean_softmax",
+               f"--vote_out={out}", f"--vote_save_outputs={npz}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["votes"] == direct["votes"]
+    assert list(committee.load_outputs(str(npz))["names"]) == runs

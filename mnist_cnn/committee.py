@@ -22,7 +22,8 @@ be picked greedily.
 
 `--vote_save_outputs=FILE.npz` keeps what the vote read: every network's validation
 and test softmax outputs, with its name, epoch, test-time shifts and whether it trained
-on the validation images, and the labels they were scored against. A saved file can
+on the validation images, and a SHA-256 fingerprint of the validation and test sets it
+was scored on (the images and labels themselves are not written). A saved file can
 stand in a later `--vote_runs` list for its networks (a committee that outlives its run
 directories, or grows across sessions: Caruana et al. keep such a "library" of model
 predictions); it must have been computed on the same validation and test images.
@@ -34,6 +35,7 @@ not kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -99,13 +101,24 @@ def load_run(workdir: str, config=None):
 
 OUTPUTS_FORMAT = 1
 _OUTPUT_KEYS = ("format", "names", "epochs", "eval_shifts", "trained_on_validation",
-                "validation_probabilities", "test_probabilities", "validation_labels",
-                "test_labels")
+                "validation_probabilities", "test_probabilities", "validation_sha256",
+                "test_sha256")
+
+
+def fingerprint(split) -> str:
+    """SHA-256 of a data split's images and labels (shapes, dtypes and bytes): which
+    images a saved output belongs to, without keeping them."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(split.images), np.ascontiguousarray(split.labels)):
+        h.update(f"{a.shape}{a.dtype.str}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save_outputs(path: str, outputs: dict) -> None:
-    """Writes a committee's evaluated networks (outputs: the _OUTPUT_KEYS but format)
-    to path (.npz, compressed), atomically: a partial file never bears the name."""
+    """Writes a committee's evaluated networks (outputs: the _OUTPUT_KEYS but format;
+    the *_sha256: fingerprint() of the splits) to path (.npz, compressed), atomically:
+    a partial file never bears the name."""
     arrays = dict(format=np.int64(OUTPUTS_FORMAT),
                   names=np.asarray(outputs["names"], dtype=str),
                   epochs=np.asarray([str(e) for e in outputs["epochs"]], dtype=str),
@@ -114,8 +127,8 @@ def save_outputs(path: str, outputs: dict) -> None:
                   validation_probabilities=np.asarray(outputs["validation_probabilities"],
                                                       np.float32),
                   test_probabilities=np.asarray(outputs["test_probabilities"], np.float32),
-                  validation_labels=np.asarray(outputs["validation_labels"], np.int64),
-                  test_labels=np.asarray(outputs["test_labels"], np.int64))
+                  validation_sha256=np.asarray(outputs["validation_sha256"], dtype=str),
+                  test_sha256=np.asarray(outputs["test_sha256"], dtype=str))
     tmp = path + ".tmp.npz"
     try:
         np.savez_compressed(tmp, **arrays)
@@ -140,9 +153,8 @@ def load_outputs(path: str) -> dict:
                              f"format {got.get('format')}): write it again with "
                              f"--vote_save_outputs")
     m = len(got["names"])
-    n_val, n_test = len(got["validation_labels"]), len(got["test_labels"])
-    if (got["validation_probabilities"].shape[:2] != (m, n_val)
-            or got["test_probabilities"].shape[:2] != (m, n_test)
+    if (got["validation_probabilities"].shape[0] != m
+            or got["test_probabilities"].shape[0] != m
             or not len(got["epochs"]) == len(got["eval_shifts"])
             == len(got["trained_on_validation"]) == m):
         raise CommitteeError(f"{path}: its arrays disagree in shape (names {m}, "
@@ -262,7 +274,7 @@ def _trained_on_validation(entries) -> list:
 
 def _same_images(w, saved, ds):
     for split in ("validation", "test"):
-        if not np.array_equal(saved[f"{split}_labels"], getattr(ds, split).labels):
+        if str(saved[f"{split}_sha256"]) != fingerprint(getattr(ds, split)):
             raise CommitteeError(f"{w} was computed on other {split} images than this "
                                  f"vote's ({ds.source}): vote it with the data it was "
                                  f"saved from")
@@ -366,7 +378,7 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
         save_outputs(outputs_path, dict(
             names=names, epochs=epochs, eval_shifts=shifts_of,
             trained_on_validation=on_val, validation_probabilities=pv,
-            test_probabilities=pt, validation_labels=ds.validation.labels,
-            test_labels=ds.test.labels))
+            test_probabilities=pt, validation_sha256=fingerprint(ds.validation),
+            test_sha256=fingerprint(ds.test)))
         result["outputs_file"] = outputs_path
     return result

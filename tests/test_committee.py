@@ -253,8 +253,7 @@ def _outputs(m=3, n_val=4, n_test=5, seed=0, **over):
     out = dict(names=[f"net{i}" for i in range(m)], epochs=[3, "2 + 7 steps", 3][:m],
                eval_shifts=[0, 1, 0][:m], trained_on_validation=[False, True, False][:m],
                validation_probabilities=p(n_val), test_probabilities=p(n_test),
-               validation_labels=rng.integers(0, 10, n_val),
-               test_labels=rng.integers(0, 10, n_test))
+               validation_sha256="0" * 64, test_sha256="1" * 64)
     out.update(over)
     return out
 
@@ -271,15 +270,14 @@ def test_saved_outputs_round_trip_and_damaged_files_are_refused(tmp_path):
     assert list(got["trained_on_validation"]) == [False, True, False]
     for k in ("validation_probabilities", "test_probabilities"):
         np.testing.assert_array_equal(got[k], out[k])      # float32 kept bit for bit
-    for k in ("validation_labels", "test_labels"):
-        np.testing.assert_array_equal(got[k], out[k])
+    assert str(got["validation_sha256"]) == "0" * 64 and str(got["test_sha256"]) == "1" * 64
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(committee.CommitteeError, match="is not a committee outputs file"):
         committee.load_outputs(str(tmp_path / "bad.npz"))
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(committee.CommitteeError, match="missing format, names"):
         committee.load_outputs(str(tmp_path / "other.npz"))
-    short = dict(out, test_probabilities=out["test_probabilities"][:, :2])
+    short = dict(out, test_probabilities=out["test_probabilities"][:2])
     committee.save_outputs(str(tmp_path / "short.npz"), short)
     with pytest.raises(committee.CommitteeError, match="disagree in shape"):
         committee.load_outputs(str(tmp_path / "short.npz"))
@@ -303,6 +301,8 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
         assert got["members"] == direct["members"]
         assert got["votes"] == direct["votes"]
     saved = committee.load_outputs(ab)
+    with np.load(ab) as f:   # outputs and a fingerprint: no image or label of MNIST
+        assert set(f.files) == set(committee._OUTPUT_KEYS)
     assert list(saved["names"]) == runs[:2]
     assert list(saved["trained_on_validation"]) == [False, True]
     with pytest.raises(committee.CommitteeError, match="--vote_rule=plurality or mean"):
@@ -330,3 +330,21 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["votes"] == direct["votes"]
     assert list(committee.load_outputs(str(npz))["names"]) == runs
+
+
+def test_fingerprint_names_exactly_the_images_and_labels():
+    from mnist_cnn import data
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+                       rng.integers(0, 10, 6).astype(np.int32))
+    same = data.Split(split.images.copy(), split.labels.copy())
+    assert committee.fingerprint(split) == committee.fingerprint(same)
+    pixel = split.images.copy()
+    pixel[3, 10, 10] ^= 1
+    label = split.labels.copy()
+    label[5] = (label[5] + 1) % 10
+    others = [data.Split(pixel, split.labels), data.Split(split.images, label),
+              data.Split(split.images[:5], split.labels[:5]),
+              data.Split(split.images.astype(np.float32), split.labels)]
+    prints = {committee.fingerprint(s) for s in [split] + others}
+    assert len(prints) == 5

@@ -105,6 +105,9 @@ def base_config():
     c.eval_shifts = 0           # test-time augmentation: evaluation averages the softmax
                                 # over each image and its shifts by 1..k pixels up, down,
                                 # left and right (4k + 1 views); 0: the image alone
+    c.eval_every = 1            # evaluate validation and test after every N-th epoch and
+                                # the last; the epochs between record training cost only
+                                # (and the best-validation choice sees evaluated epochs)
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
     c.keep_checkpoints = 3      # the newest K checkpoints are kept
@@ -140,9 +143,11 @@ def validate(c):
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
                   "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
                   "num_members", "num_runs", "num_devices", "micro_batch",
-                  "bn_calibration_images", "eval_shifts"):
+                  "bn_calibration_images", "eval_shifts", "eval_every"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
+    _check(c.eval_every > 0, f"config.eval_every must be positive (1: every epoch), "
+           f"got {c.eval_every}")
     _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
     _check(0 < c.train_size <= 50_000,
            f"config.train_size must be in [1, 50000], got {c.train_size}")

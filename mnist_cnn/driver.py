@@ -498,17 +498,33 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
                 if stop.signum:
                     raise Interrupted(stop.signum, epoch, end)
         train_time += epoch_train_s
+        images = (num_batches - begin) * config.batch_size * plan.members
+        m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
+                 train_nll=nll_sum / num_batches, epoch_train_s=round(epoch_train_s, 3),
+                 train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
+        if epoch % config.eval_every and epoch < config.num_epochs:
+            # Not evaluated: batch-norm moments are calibrated for evaluation only (the
+            # training step normalises by each batch's), so skipping changes no weight.
+            host_state = plan.host(state)
+            if plan.stacked:
+                m["members_train_loss"] = (member_sums / num_batches).tolist()
+            metrics.append(m)
+            save(epoch, 0, 0.0, 0.0, train_time)
+            if writer:
+                append_jsonl(metrics_path, m)
+            log(f"epoch {epoch}: cost {m['train_loss']:.4f} (not evaluated: "
+                f"config.eval_every={config.eval_every}), "
+                f"{m['train_images_per_s']:,.0f} images/s")
+            if stop.signum:
+                raise Interrupted(stop.signum, epoch, num_batches)
+            continue
         host_state = plan.calibrated(plan.host(state))
         if plan.calibrate is not None:
             state = plan.place(host_state)
         params = train.eval_params(host_state)
         val, val_members, _ = _evaluate(plan, params, val_x, val_y)
         test, test_members, predictions = _evaluate(plan, params, test_x, test_y)
-        images = (num_batches - begin) * config.batch_size * plan.members
-        m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
-                 train_nll=nll_sum / num_batches, validation_accuracy=val,
-                 test_accuracy=test, epoch_train_s=round(epoch_train_s, 3),
-                 train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
+        m.update(validation_accuracy=val, test_accuracy=test)
         if host_state.ema is not None:   # the raw weights too, for comparison
             m.update(raw_validation_accuracy=_evaluate(plan, host_state.params, val_x,
                                                        val_y)[0],
@@ -573,6 +589,12 @@ def _figures(config, metrics, ds, predictions, final, workdir):
         plots.filters_grid(first["w"], os.path.join(workdir, "filters.png"))
 
 
+def evaluated(metrics: list[dict]) -> list[dict]:
+    """The epochs whose validation and test accuracies were measured (all of them
+    unless config.eval_every > 1)."""
+    return [m for m in metrics if "validation_accuracy" in m]
+
+
 def _reported_epoch(config, vals: list[float]) -> int:
     """Index of the reported epoch: the best validation accuracy's (a later tie wins),
     or the last epoch when the validation images were trained on."""
@@ -582,6 +604,7 @@ def _reported_epoch(config, vals: list[float]) -> int:
 def _selected(config, metrics: list[dict], prefix: str = "") -> dict:
     """Test accuracy at the reported epoch of the `prefix` metrics ("" for the
     reported weights, "raw_" for the raw weights beside a weight average)."""
+    metrics = evaluated(metrics)
     b = _reported_epoch(config, [m[prefix + "validation_accuracy"] for m in metrics])
     return {prefix + "test_accuracy": metrics[b][prefix + "test_accuracy"],
             prefix + "best_validation_accuracy": metrics[b][prefix + "validation_accuracy"],
@@ -594,12 +617,13 @@ def summarize(config, metrics: list[dict], members: int) -> dict:
     or at the last epoch with config.train_on_validation (selection: "last_epoch"; the
     best_* fields then name that epoch); for num_runs > 1 the run with the best
     validation accuracy, as the book kept."""
+    epochs_run, metrics = len(metrics), evaluated(metrics)
     if config.num_runs > 1:
         runs = []
         for r in range(config.num_runs):
             vals = [m["members_validation_accuracy"][r] for m in metrics]
             b = train.best_epoch(vals)
-            runs.append(dict(run=r, seed=config.seed + r, best_epoch=b + 1,
+            runs.append(dict(run=r, seed=config.seed + r, best_epoch=metrics[b]["epoch"],
                              best_validation_accuracy=vals[b],
                              test_accuracy=metrics[b]["members_test_accuracy"][r],
                              final_test_accuracy=metrics[-1]["members_test_accuracy"][r]))
@@ -607,10 +631,10 @@ def summarize(config, metrics: list[dict], members: int) -> dict:
         best = runs[chosen]
         return dict(name=config.name, test_accuracy=best["test_accuracy"],
                     best_validation_accuracy=best["best_validation_accuracy"],
-                    best_epoch=best["best_epoch"], epochs_run=len(metrics),
+                    best_epoch=best["best_epoch"], epochs_run=epochs_run,
                     final_test_accuracy=best["final_test_accuracy"], runs=runs,
                     chosen_run=chosen, selection="best_validation")
-    out = dict(name=config.name, **_selected(config, metrics), epochs_run=len(metrics),
+    out = dict(name=config.name, **_selected(config, metrics), epochs_run=epochs_run,
                selection="last_epoch" if config.train_on_validation else "best_validation")
     if "raw_validation_accuracy" in metrics[0]:   # the same selection for the raw weights
         out.update(_selected(config, metrics, "raw_"))

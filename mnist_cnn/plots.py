@@ -31,8 +31,10 @@ def learning_curves(metrics: list[dict], path: str, title: str = ""):
     ax_loss.set_ylabel("training cost")
     ax_loss.set_yscale("log")
     ax_loss.legend()
+    measured = [m for m in metrics if "validation_accuracy" in m]   # config.eval_every
     for key, label in (("validation_accuracy", "validation"), ("test_accuracy", "test")):
-        ax_acc.plot(epochs, [100 * m[key] for m in metrics], marker=".", label=label)
+        ax_acc.plot([m["epoch"] for m in measured], [100 * m[key] for m in measured],
+                    marker=".", label=label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.legend()

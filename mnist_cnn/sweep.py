@@ -289,14 +289,17 @@ def _write_point(config, workdir, point, index, metrics, k, group_summary, toget
     d = os.path.join(workdir, point_dir(index, point))
     os.makedirs(d, exist_ok=True)
     mine = [dict(epoch=m["epoch"], train_loss=m["members_train_loss"][k],
-                 validation_accuracy=m["members_validation_accuracy"][k],
-                 test_accuracy=m["members_test_accuracy"][k],
                  epoch_train_s=m["epoch_train_s"], trained_with=together) for m in metrics]
-    b = train.best_epoch([m["validation_accuracy"] for m in mine])
-    summary = dict(name=config.name, test_accuracy=mine[b]["test_accuracy"],
-                   best_validation_accuracy=mine[b]["validation_accuracy"],
-                   best_epoch=mine[b]["epoch"], epochs_run=len(mine),
-                   final_test_accuracy=mine[-1]["test_accuracy"],
+    for m, own in zip(metrics, mine):   # not every epoch was evaluated (eval_every)
+        if "members_validation_accuracy" in m:
+            own.update(validation_accuracy=m["members_validation_accuracy"][k],
+                       test_accuracy=m["members_test_accuracy"][k])
+    done = driver.evaluated(mine)
+    b = train.best_epoch([m["validation_accuracy"] for m in done])
+    summary = dict(name=config.name, test_accuracy=done[b]["test_accuracy"],
+                   best_validation_accuracy=done[b]["validation_accuracy"],
+                   best_epoch=done[b]["epoch"], epochs_run=len(mine),
+                   final_test_accuracy=done[-1]["test_accuracy"],
                    wall_time_s=group_summary["wall_time_s"],
                    compile_time_s=group_summary["compile_time_s"],
                    vmapped_with=together,

@@ -31,6 +31,7 @@ CONFIG_CASES = [
     ("ema_decay=1.0", "ema_decay"), ("ema_decay=-0.1", "ema_decay"),
     ("ema_decay=slow", "ema_decay"),
     ("warmup_epochs=soon", "warmup_epochs"),
+    ("eval_every=0", "eval_every must be positive"),
     ("schedule=onecycle --config.warmup_epochs=60", "warmup_epochs"),
     ("seed=1.5", "seed"),
     ("train_size=0", "train_size"), ("train_size=50001", "train_size"),

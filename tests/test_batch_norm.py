@@ -211,3 +211,37 @@ def test_bad_batch_norm_settings(change, fragment):
     with pytest.raises(config_lib.ConfigError, match=fragment.replace("[", r"\[")
                        .replace("]", r"\]").replace(".", r"\.")):
         config_lib.validate(c)
+
+
+def test_eval_every_skips_evaluations_without_changing_the_training(tmp_path, mnist_dir):
+    """A batch-norm ensemble run evaluated after every epoch and the same run evaluated
+    after epochs 2 and 3 only (config.eval_every=2, the last always): the same training
+    costs every epoch, the same weights and accuracies at the end (calibrating for an
+    evaluation changes no trained weight); the skipped epoch records its cost only, and
+    the summary's best-validation choice sees the evaluated epochs."""
+    from mnist_cnn import committee, driver
+    from experiments import modern
+    got = {}
+    for every in (1, 2):
+        c = modern.get_config("members=2,bn=1,fc=16")
+        c.update(num_epochs=3, warmup_epochs=0.5, train_size=300, batch_size=30,
+                 plots=True, bn_calibration_images=200, eval_every=every)
+        c.layers[0].features, c.layers[1].features = 4, 8
+        d = tmp_path / f"every{every}"
+        summary = driver.run(c, str(d), log=lambda *a: None)
+        lines = (d / "metrics.jsonl").read_text().splitlines()
+        _, _, params, _ = committee.load_run(str(d))
+        got[every] = summary, [json.loads(l) for l in lines], params
+    (s1, m1, p1), (s2, m2, p2) = got[1], got[2]
+    assert [m["train_loss"] for m in m2] == pytest.approx([m["train_loss"] for m in m1],
+                                                          rel=1e-6)
+    assert [("validation_accuracy" in m) for m in m2] == [False, True, True]
+    assert m2[0]["members_train_loss"] == pytest.approx(m1[0]["members_train_loss"])
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for k in ("final_test_accuracy", "members_test_accuracy"):
+        assert s2[k] == pytest.approx(s1[k])
+    assert s2["epochs_run"] == 3 and s2["best_epoch"] in (2, 3)
+    best = max((2, 3), key=lambda e: (m1[e - 1]["validation_accuracy"], e))
+    assert s2["best_epoch"] == best   # the later of a tie, among evaluated epochs
+    assert (tmp_path / "every2" / "learning_curves.png").is_file()

@@ -502,48 +502,44 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
         m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
                  train_nll=nll_sum / num_batches, epoch_train_s=round(epoch_train_s, 3),
                  train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
+        if plan.stacked:
+            m["members_train_loss"] = (member_sums / num_batches).tolist()
         if epoch % config.eval_every and epoch < config.num_epochs:
             # Not evaluated: batch-norm moments are calibrated for evaluation only (the
             # training step normalises by each batch's), so skipping changes no weight.
             host_state = plan.host(state)
+            line = (f"epoch {epoch}: cost {m['train_loss']:.4f} (not evaluated: "
+                    f"config.eval_every={config.eval_every}), "
+                    f"{m['train_images_per_s']:,.0f} images/s")
+        else:
+            host_state = plan.calibrated(plan.host(state))
+            if plan.calibrate is not None:
+                state = plan.place(host_state)
+            params = train.eval_params(host_state)
+            val, val_members, _ = _evaluate(plan, params, val_x, val_y)
+            test, test_members, predictions = _evaluate(plan, params, test_x, test_y)
+            m.update(validation_accuracy=val, test_accuracy=test)
+            if host_state.ema is not None:   # the raw weights too, for comparison
+                m.update(raw_validation_accuracy=_evaluate(plan, host_state.params, val_x,
+                                                           val_y)[0],
+                         raw_test_accuracy=_evaluate(plan, host_state.params, test_x,
+                                                     test_y)[0])
             if plan.stacked:
-                m["members_train_loss"] = (member_sums / num_batches).tolist()
-            metrics.append(m)
-            save(epoch, 0, 0.0, 0.0, train_time)
-            if writer:
-                append_jsonl(metrics_path, m)
-            log(f"epoch {epoch}: cost {m['train_loss']:.4f} (not evaluated: "
-                f"config.eval_every={config.eval_every}), "
-                f"{m['train_images_per_s']:,.0f} images/s")
-            if stop.signum:
-                raise Interrupted(stop.signum, epoch, num_batches)
-            continue
-        host_state = plan.calibrated(plan.host(state))
-        if plan.calibrate is not None:
-            state = plan.place(host_state)
-        params = train.eval_params(host_state)
-        val, val_members, _ = _evaluate(plan, params, val_x, val_y)
-        test, test_members, predictions = _evaluate(plan, params, test_x, test_y)
-        m.update(validation_accuracy=val, test_accuracy=test)
-        if host_state.ema is not None:   # the raw weights too, for comparison
-            m.update(raw_validation_accuracy=_evaluate(plan, host_state.params, val_x,
-                                                       val_y)[0],
-                     raw_test_accuracy=_evaluate(plan, host_state.params, test_x, test_y)[0])
-        if plan.stacked:
-            m.update(members_train_loss=(member_sums / num_batches).tolist(),
-                     members_validation_accuracy=val_members,
-                     members_test_accuracy=test_members)
+                m.update(members_validation_accuracy=val_members,
+                         members_test_accuracy=test_members)
+            members = (f" (members {', '.join(f'{100 * a:.2f}' for a in val_members)})"
+                       if plan.stacked else "")
+            raw = (f" (raw weights {100 * m['raw_validation_accuracy']:.2f}% / "
+                   f"{100 * m['raw_test_accuracy']:.2f}%)" if "raw_test_accuracy" in m
+                   else "")
+            line = (f"epoch {epoch}: cost {m['train_loss']:.4f}, validation "
+                    f"{100 * val:.2f}%{members}, test {100 * test:.2f}%{raw}, "
+                    f"{m['train_images_per_s']:,.0f} images/s")
         metrics.append(m)
         save(epoch, 0, 0.0, 0.0, train_time)
         if writer:
             append_jsonl(metrics_path, m)
-        members = (f" (members {', '.join(f'{100 * a:.2f}' for a in val_members)})"
-                   if plan.stacked else "")
-        raw = (f" (raw weights {100 * m['raw_validation_accuracy']:.2f}% / "
-               f"{100 * m['raw_test_accuracy']:.2f}%)" if "raw_test_accuracy" in m else "")
-        log(f"epoch {epoch}: cost {m['train_loss']:.4f}, validation {100 * val:.2f}%"
-            f"{members}, test {100 * test:.2f}%{raw}, {m['train_images_per_s']:,.0f} "
-            f"images/s")
+        log(line)
         if stop.signum:
             raise Interrupted(stop.signum, epoch, num_batches)
 

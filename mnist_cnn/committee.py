@@ -331,7 +331,14 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
     first = next((c for _, c, _ in entries if c is not None), config_lib.base_config())
     ds = data.load(first.data_source, first.data_dir or None, first.train_size,
                    download=first.download)
-    val_x, test_x = jax.device_put(ds.validation.images), jax.device_put(ds.test.images)
+    views = {}
+
+    def inputs(width):   # each run sees the images as it was trained (config.width_norm)
+        if width not in views:
+            norm = (lambda x: data.width_normalize(x, width)) if width else jax.device_put
+            views[width] = (norm(ds.validation.images), norm(ds.test.images))
+        return views[width]
+
     names, epochs, shifts_of, on_val, pv, pt = [], [], [], [], [], []
     for workdir, config, saved in entries:
         if saved is not None:
@@ -347,8 +354,9 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
         config, model, params, epoch = load_run(workdir, config)
         stacked = max(config.num_members, config.num_runs) > 1
         shifts = config.eval_shifts if eval_shifts is None else eval_shifts
-        v = member_probabilities(model, params, stacked, val_x, config.eval_batch_size, shifts)
-        t = member_probabilities(model, params, stacked, test_x, config.eval_batch_size, shifts)
+        vx, tx = inputs(config.width_norm)
+        v = member_probabilities(model, params, stacked, vx, config.eval_batch_size, shifts)
+        t = member_probabilities(model, params, stacked, tx, config.eval_batch_size, shifts)
         for i in range(len(v)):
             names.append(f"{workdir}[{i}]" if stacked else workdir)
             epochs.append(epoch)

@@ -80,6 +80,9 @@ def base_config():
     c.data_source = "auto"      # auto | idx | tfds
     c.download = True           # fetch into the cache when nothing is found
     c.shuffle = False           # network3 visits mini-batches in the same order each epoch
+    c.width_norm = 0            # > 0: every image's digit bounding box stretched to this
+                                # many pixels wide, train, validation and test alike
+                                # (Ciresan et al. 2012's committee preprocessing; 0: off)
     c.expand_data = False       # the book's 5x expansion (each image + four 1-pixel shifts)
     c.augment_shift = 0         # on-the-fly random shifts of up to k pixels (0: off)
     c.augment_rotate = 0.0      # on-the-fly random rotations of up to this many degrees
@@ -143,7 +146,7 @@ def validate(c):
     for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
                   "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
                   "num_members", "num_runs", "num_devices", "micro_batch",
-                  "bn_calibration_images", "eval_shifts", "eval_every"):
+                  "bn_calibration_images", "eval_shifts", "eval_every", "width_norm"):
         _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
     _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
     _check(c.eval_every > 0, f"config.eval_every must be positive (1: every epoch), "
@@ -182,6 +185,9 @@ def validate(c):
     _check(0 <= c.eval_shifts <= MAX_SHIFT, f"config.eval_shifts must be in [0, {MAX_SHIFT}] "
            f"pixels (0: no test-time shifts; 28 or more leaves a blank image), "
            f"got {c.eval_shifts}")
+    _check(0 <= c.width_norm <= 28, f"config.width_norm must be in [0, 28] pixels (the "
+           f"digit's bounding-box width; Ciresan et al. used 10-20; 0: off), "
+           f"got {c.width_norm}")
     for field in ("augment_rotate", "augment_scale", "augment_elastic",
                   "augment_elastic_sigma"):
         _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")

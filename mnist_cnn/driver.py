@@ -244,6 +244,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
         return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download, with_validation=config.train_on_validation)
+    ds = data.width_normalized(ds, config.width_norm)
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
     if not writer:
         with stop_on_signals() as stop:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mnist_cnn import committee, driver
+from mnist_cnn import committee, data, driver
 from mnist_cnn import config as config_lib
 from tests.test_run import assert_user_error, run
 
@@ -184,7 +184,8 @@ def test_weight_average_run_evaluates_the_average_and_reports_the_raw_weights(tm
 def _tiny_run(workdir, **fields):
     from experiments import dbl_conv_relu
     c = dbl_conv_relu.get_config()
-    c.update(num_epochs=1, train_size=100, batch_size=50, plots=False, **fields)
+    c.update({"num_epochs": 1, "train_size": 100, "batch_size": 50, "plots": False,
+              **fields})
     c.layers[0].features, c.layers[1].features, c.layers[2].features = 2, 4, 8
     return driver.run(c, str(workdir), log=lambda *a: None)
 
@@ -348,3 +349,21 @@ def test_fingerprint_names_exactly_the_images_and_labels():
               data.Split(split.images.astype(np.float32), split.labels)]
     prints = {committee.fingerprint(s) for s in [split] + others}
     assert len(prints) == 5
+
+
+def test_width_normalised_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_dir):
+    """config.width_norm preprocesses train, validation and test alike; the committee
+    evaluates such a run on width-normalised images (its vote is the run's own test
+    accuracy), which differ from the raw ones the network would otherwise see."""
+    s = _tiny_run(tmp_path / "w", width_norm=14, train_size=2000, num_epochs=2,
+                  learning_rate=0.1, batch_size=20)
+    assert "width-normalised to 14 pixels" in s["data_source"]
+    voted = committee.vote_runs([str(tmp_path / "w")], log=lambda *a: None)
+    assert voted["members"][0]["test_accuracy"] == pytest.approx(s["final_test_accuracy"])
+    config, model, params, _ = committee.load_run(str(tmp_path / "w"))
+    test = data.load(data_dir=mnist_dir).test
+    accuracy = lambda images: np.mean(committee.member_probabilities(
+        model, params, False, images, 500)[0].argmax(-1) == test.labels)
+    assert accuracy(data.width_normalize(test.images, 14)) == pytest.approx(
+        s["final_test_accuracy"])
+    assert accuracy(test.images) != pytest.approx(s["final_test_accuracy"], abs=1e-3)

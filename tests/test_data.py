@@ -1090,3 +1090,105 @@ def test_random_warp_keeps_affine_draws_and_adds_an_elastic_field():
     np.testing.assert_allclose(out, want, atol=1e-5)
     assert not np.allclose(out, np.asarray(data.random_affine(key, images, 10.0, 0.1)),
                            atol=1e-2)
+
+
+# --- Ciresan et al. (2012)'s width normalisation -----------------------------------------
+
+def _resample_row_reference(row, scale, shift):
+    """numpy: a row resampled as out(x) = in(x * scale + shift) inverted (pixel i spans
+    [i, i + 1)), with a tent kernel widened by 1 / scale when squeezing (area-like
+    antialiasing), its weights normalised."""
+    out = np.zeros(len(row))
+    k = np.arange(len(row))
+    widen = min(scale, 1.0)
+    for j in range(len(row)):
+        p = (j + 0.5 - shift) / scale - 0.5          # output centre in input pixels
+        w = np.maximum(0.0, 1.0 - widen * np.abs(k - p))
+        out[j] = (w * row).sum() / w.sum() if w.sum() > 0 else 0.0
+    return out
+
+
+def _width_normalize_reference(image, width):
+    cols = np.flatnonzero((image > 0).any(axis=0))
+    if not len(cols):
+        return image.copy()
+    x0, x1 = cols[0], cols[-1]
+    scale = width / (x1 - x0 + 1)
+    shift = image.shape[1] / 2 - (x0 + x1 + 1) / 2 * scale
+    rows = [_resample_row_reference(r.astype(float), scale, shift) for r in image]
+    return np.clip(np.round(np.array(rows)), 0, 255).astype(np.uint8)
+
+
+def _blob_digits(n, seed):
+    """Synthetic 28x28 'digits': random strokes inside a box of random width 3-20 and
+    height 20, off-centre, at least 3 blank pixels from every edge."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        bw = rng.integers(3, 21)
+        left = rng.integers(3, 26 - bw)
+        box = (rng.random((20, bw)) < 0.4) * rng.integers(1, 256, (20, bw))
+        box[:, 0] = box[:, -1] = 255         # the box's edge columns hold ink
+        out[i, 4:24, left:left + bw] = box
+    return out
+
+
+@pytest.mark.parametrize("width", [10, 14, 20])
+def test_width_normalize_matches_a_numpy_resampler(width):
+    images = _blob_digits(12, seed=width)
+    got = np.asarray(data.width_normalize(images, width))
+    want = np.stack([_width_normalize_reference(im, width) for im in images])
+    assert got.dtype == np.uint8 and got.shape == images.shape
+    assert np.abs(got.astype(int) - want).max() <= 1     # rounding of float sums
+
+
+def test_width_normalize_puts_the_digit_in_a_box_of_that_width_at_the_centre():
+    images = _blob_digits(30, seed=3)
+    for width in (8, 12, 16, 20):
+        got = np.asarray(data.width_normalize(images, width))
+        ink = got >= 128                                  # interpolation fades the edges
+        for im, before in zip(ink, images):
+            cols = np.flatnonzero(im.any(axis=0))
+            assert width - 2 <= cols[-1] - cols[0] + 1 <= width + 1
+            assert abs((cols[0] + cols[-1] + 1) / 2 - 14) <= 1
+        # rows are never moved: a blank row stays blank, an inked row stays inked
+        np.testing.assert_array_equal(got.any(axis=2), images.any(axis=2))
+
+
+def test_width_normalize_leaves_a_centred_box_of_that_width_and_blank_images_alone():
+    images = _blob_digits(8, seed=5)
+    centred = np.zeros_like(images)
+    for i, im in enumerate(images):            # move each box to the centre, width kept
+        cols = np.flatnonzero(im.any(axis=0))
+        w = cols[-1] - cols[0] + 1
+        if w % 2:                              # an even width centres on whole pixels
+            continue
+        centred[i, :, 14 - w // 2:14 + w // 2] = im[:, cols[0]:cols[-1] + 1]
+        got = np.asarray(data.width_normalize(centred[i:i + 1], w))[0]
+        np.testing.assert_array_equal(got, centred[i])
+    blank = np.zeros((2, 28, 28), np.uint8)
+    np.testing.assert_array_equal(np.asarray(data.width_normalize(blank, 12)), blank)
+
+
+def test_width_normalize_treats_each_image_alone():
+    images = _blob_digits(6, seed=9)
+    batch = np.asarray(data.width_normalize(images, 14))
+    one_by_one = np.stack([np.asarray(data.width_normalize(im[None], 14))[0]
+                           for im in images])
+    np.testing.assert_array_equal(batch, one_by_one)
+
+
+def test_width_normalized_dataset_keeps_labels_and_changes_every_split():
+    images = _blob_digits(9, seed=2)
+    labels = np.arange(9, dtype=np.int32)
+    split = lambda a, b: data.Split(images[a:b], labels[a:b])
+    ds = data.Dataset(split(0, 3), split(3, 6), split(6, 9), "somewhere")
+    assert data.width_normalized(ds, 0) is ds
+    got = data.width_normalized(ds, 16)
+    for before, after in zip((ds.train, ds.validation, ds.test),
+                             (got.train, got.validation, got.test)):
+        np.testing.assert_array_equal(after.labels, before.labels)
+        np.testing.assert_array_equal(after.images,
+                                      np.asarray(data.width_normalize(before.images, 16)))
+        assert isinstance(after.images, np.ndarray) and after.images.dtype == np.uint8
+    assert "width-normalised to 16" in got.source and got.source.startswith("somewhere")

@@ -60,15 +60,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         saved = json.load(f)
     # Fields added since the run was trained take their defaults (the run trained as
     # they would have it: each new field's default is the behaviour before it).
+    full = config_lib.with_defaults(saved)
     c = config_lib.base_config()
-    defaults = dict(conv_pool=config_lib.conv_pool(1), fc=config_lib.fc(1),
-                    softmax=config_lib.softmax(1))
-    layers = []
-    for layer in saved.pop("layers"):
-        base = defaults[layer["kind"]].to_dict() if layer.get("kind") in defaults else {}
-        layers.append(ml_collections.ConfigDict({**base, **layer}))
-    c.update(saved)
-    c.layers = tuple(layers)
+    c.update({k: v for k, v in full.items() if k != "layers"})
+    c.layers = tuple(ml_collections.ConfigDict(layer) for layer in full["layers"])
     return config_lib.validate(c)
 
 

@@ -56,6 +56,23 @@ def parse_variant(arg, **defaults):
     return out
 
 
+def layer_defaults(kind: str) -> dict:
+    """Every field of a layer of this kind at its constructor's default ({} for an unknown
+    kind): what a field added since a run was saved stands for in that run."""
+    make = dict(conv_pool=conv_pool, fc=fc, softmax=softmax).get(kind)
+    return make(1).to_dict() if make else {}
+
+
+def with_defaults(saved: dict) -> dict:
+    """A saved config (config.json) with every field added since it was written filled in
+    at its default, the top level from base_config and each layer from its kind's
+    constructor: each new field's default is the behaviour before it existed."""
+    out = {**base_config().to_dict(), **saved}
+    out["layers"] = [{**layer_defaults(layer.get("kind")), **layer}
+                     for layer in saved.get("layers", [])]
+    return out
+
+
 def base_config():
     """Fields every experiment has, at network3's faithful settings."""
     c = ml_collections.ConfigDict()

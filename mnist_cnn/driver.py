@@ -91,8 +91,9 @@ def _flatten(d, prefix=""):
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
-    """'field: old -> new' for every field that differs (ignoring RESUME_MAY_DIFFER)."""
-    a, b = _flatten(old), _flatten(new)
+    """'field: old -> new' for every field that differs (ignoring RESUME_MAY_DIFFER). A
+    field the old config lacks (added since it was saved) stands at its default there."""
+    a, b = _flatten(config_lib.with_defaults(old)), _flatten(new)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
             for k in sorted(set(a) | set(b))
             if k not in RESUME_MAY_DIFFER and a.get(k) != b.get(k)]

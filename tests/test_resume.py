@@ -167,3 +167,24 @@ def test_killed_between_last_checkpoint_and_summary(reference, tmp_path):
     assert not [l for l in proc.stdout.splitlines() if l.startswith("epoch ")]
     assert results(w) == results(reference)
     assert (w / "errors.png").exists()
+
+
+def test_run_saved_before_a_field_existed_resumes_with_that_field_at_its_default(tmp_path):
+    """A config.json written before a field was added (here width_norm, eval_every and a
+    layer's batch_norm) matches today's config when today's value is the default (the
+    behaviour before the field existed), and differs, naming the field, otherwise."""
+    from experiments import dbl_conv_relu
+    from mnist_cnn import driver
+    new = json.loads(dbl_conv_relu.get_config().to_json())
+    old = json.loads(json.dumps(new))
+    del old["width_norm"], old["eval_every"], old["layers"][0]["batch_norm"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert driver.config_diff(old, new) == []
+    assert driver.inspect_workdir(str(tmp_path), new, overwrite=False) == "resume"
+    changed = json.loads(json.dumps(new))
+    changed["width_norm"], changed["layers"][0]["batch_norm"] = 14, True
+    assert driver.config_diff(old, changed) == [
+        "layers[0].batch_norm: False -> True", "width_norm: 0 -> 14"]
+    with pytest.raises(driver.RunError, match="width_norm: 0 -> 14"):
+        driver.inspect_workdir(str(tmp_path), changed, overwrite=False)

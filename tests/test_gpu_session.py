@@ -1,4 +1,5 @@
-"""benchmarks/gpu_session.py's pace estimate: what decides whether a GPU run is stopped."""
+"""benchmarks/gpu_session.py: the pace estimate that decides whether a GPU run is stopped,
+the plans (valid runs, votes over runs trained before them) and the vote stage."""
 from tests.scripts import load_benchmark
 
 gpu_session = load_benchmark("gpu_session")
@@ -20,3 +21,58 @@ def test_epoch_seconds_before_three_epochs_uses_the_training_time():
     # Several epochs finished between two looks count as one interval of that many.
     seen = [(1, 0.0), (3, 6.0), (5, 12.0)]
     assert gpu_session.epoch_seconds(seen, done) == 3.0
+
+
+def _override(config, flag):
+    """--config.a=b, as run.py's config_flags would set it, for the plans' literal values."""
+    import ast
+    field, _, value = flag.removeprefix("--config.").partition("=")
+    config[field] = ast.literal_eval(value)
+
+
+def test_every_plan_step_is_a_valid_run_and_votes_name_earlier_runs():
+    from mnist_cnn import config as config_lib
+    for plan, steps in gpu_session.PLANS.items():
+        names = [name for _, name, _ in steps]
+        assert len(set(names)) == len(names), plan
+        trained = []
+        for kind, name, arg in steps:
+            if kind == "train":
+                exp, extra = arg
+                path, _, variant = exp.partition(":")
+                module = __import__(f"experiments.{path.removesuffix('.py')}",
+                                    fromlist=["get_config"])
+                c = module.get_config(variant) if variant else module.get_config()
+                for flag in extra:
+                    _override(c, flag)
+                config_lib.validate(c)
+                assert gpu_session.num_epochs(exp, extra) == c.num_epochs
+                trained.append((name, c))
+            elif kind == "vote":
+                runs, rule = arg
+                assert set(runs) <= {n for n, _ in trained}, (plan, name)
+                voters = [c for n, c in trained if n in runs]
+                assert rule or not any(c.train_on_validation for c in voters), (plan, name)
+
+
+def test_full_plan_trains_each_width_with_seeds_of_its_own():
+    steps = [arg for kind, _, arg in gpu_session.PLANS["full"] if kind == "train"]
+    assert [("width=" in exp) for exp, _ in steps] == [w > 0 for w in gpu_session.WIDTHS]
+    seeds = [int(extra[0].split("=")[1]) for _, extra in steps]
+    members = 5
+    spans = [set(range(s, s + members)) for s in seeds]
+    assert all(not (a & b) for i, a in enumerate(spans) for b in spans[i + 1:])
+
+
+def test_vote_stage_votes_only_when_every_run_finished(tmp_path):
+    s = gpu_session.Session(str(tmp_path / "out"), 100, "", str(tmp_path / "runs"))
+    calls = []
+    s.run = lambda name, args, limit, watch=None: calls.append(args) or 0
+    for run in ("a", "b"):
+        (tmp_path / "runs" / run / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "a" / "summary.json").write_text("{}")
+    assert gpu_session.stage_vote(s, "v", ["a", "b"], "mean_softmax") is None
+    assert calls == [] and "no finished run for b" in (tmp_path / "out" / "log.txt").read_text()
+    (tmp_path / "runs" / "b" / "summary.json").write_text("{}")
+    assert gpu_session.stage_vote(s, "v", ["a", "b"], "mean_softmax") == 0
+    assert calls and "--vote_rule=mean_softmax" in calls[0]

@@ -381,8 +381,9 @@ def _width_normalize_jit():
 
 
 def width_normalized(ds: Dataset, width: int) -> Dataset:
-    """The dataset with every split's images width_normalize'd (0: unchanged). Labels,
-    source and sizes are kept; the images come back as numpy uint8."""
+    """The dataset with every split's images width_normalize'd (0: unchanged, the same
+    object). Labels and sizes are kept, the source says which width; the images come
+    back as numpy uint8."""
     if not width:
         return ds
     norm = lambda s: Split(np.asarray(width_normalize(s.images, width)), s.labels)

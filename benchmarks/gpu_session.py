@@ -246,16 +246,27 @@ def stage_train(s, name, exp, extra, margin=15):
                         "--overwrite", *extra], 100_000, watch)
 
 
-def num_epochs(exp, extra):
-    """The run's epoch count, from the experiment's config as run.py would build it."""
+def run_config(exp, extra):
+    """The run's config as run.py would build it: the experiment's get_config, then each
+    --config.field=value flag of extra (a Python literal, else the string)."""
+    import ast
     import importlib
     sys.path.insert(0, ROOT)
-    for e in extra:
-        if e.startswith("--config.num_epochs="):
-            return int(e.split("=")[1])
     path, _, arg = exp.partition(":")
     module = importlib.import_module("experiments." + path.removesuffix(".py"))
-    return (module.get_config(arg) if arg else module.get_config()).num_epochs
+    c = module.get_config(arg) if arg else module.get_config()
+    for e in extra:
+        field, _, value = e.removeprefix("--config.").partition("=")
+        try:
+            c[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            c[field] = value
+    return c
+
+
+def num_epochs(exp, extra):
+    """The run's epoch count, from its config as run.py would build it."""
+    return run_config(exp, extra).num_epochs
 
 
 def pack(s):

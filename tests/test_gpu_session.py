@@ -23,13 +23,6 @@ def test_epoch_seconds_before_three_epochs_uses_the_training_time():
     assert gpu_session.epoch_seconds(seen, done) == 3.0
 
 
-def _override(config, flag):
-    """--config.a=b, as run.py's config_flags would set it, for the plans' literal values."""
-    import ast
-    field, _, value = flag.removeprefix("--config.").partition("=")
-    config[field] = ast.literal_eval(value)
-
-
 def test_every_plan_step_is_a_valid_run_and_votes_name_earlier_runs():
     from mnist_cnn import config as config_lib
     for plan, steps in gpu_session.PLANS.items():
@@ -39,13 +32,10 @@ def test_every_plan_step_is_a_valid_run_and_votes_name_earlier_runs():
         for kind, name, arg in steps:
             if kind == "train":
                 exp, extra = arg
-                path, _, variant = exp.partition(":")
-                module = __import__(f"experiments.{path.removesuffix('.py')}",
-                                    fromlist=["get_config"])
-                c = module.get_config(variant) if variant else module.get_config()
-                for flag in extra:
-                    _override(c, flag)
-                config_lib.validate(c)
+                c = config_lib.validate(gpu_session.run_config(exp, extra))
+                for flag in extra:   # each flag reached the config
+                    field, _, value = flag.removeprefix("--config.").partition("=")
+                    assert str(c[field]) == value, (plan, name, flag)
                 assert gpu_session.num_epochs(exp, extra) == c.num_epochs
                 trained.append((name, c))
             elif kind == "vote":

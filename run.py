@@ -43,6 +43,10 @@ flags.DEFINE_string("vote_save_outputs", None, "vote: also save every network's 
 flags.DEFINE_string("vote_out", "vote.json", "vote: JSON output path.")
 flags.DEFINE_integer("vote_eval_shifts", -1, "vote: test-time shifts for every network "
                      "(config.eval_shifts: 4k+1 views); -1: each run's own.")
+flags.DEFINE_float("vote_eval_rotate", -1, "vote: test-time views rotated by +-D degrees for "
+                   "every network (config.eval_rotate; 0: none); -1: each run's own.")
+flags.DEFINE_float("vote_eval_zoom", -1, "vote: test-time views zoomed by 1 -+ Z for every "
+                   "network (config.eval_zoom; 0: none); -1: each run's own.")
 flags.DEFINE_enum("vote_select", "all", ["all", "greedy"], "vote: all the networks "
                   "vote, or greedy: forward selection of the committee by validation "
                   "cross-entropy (mnist_cnn/committee.py).")

@@ -17,6 +17,8 @@ bn=1 (batch normalisation in every conv layer, population moments after each epo
 deep=1 (four conv layers: 5x5 32 + 3x3 32 + pool, 3x3 64 + 3x3 64 + pool; VALID, so
 28 -> 24 -> 22 -> 11 -> 9 -> 7 -> 3), tta=K (evaluation averages the softmax over each
 image and its shifts by 1..K pixels in the four directions: config.eval_shifts),
+ttarot=D and ttazoom=Z (evaluation also averages over each image rotated by +-D degrees
+and zoomed by 1 -+ Z: config.eval_rotate, config.eval_zoom),
 elastic=A and esigma=S (Simard et al. 2003's elastic distortions on the fly: a random
 displacement field smoothed by a Gaussian of std S pixels, default 4, scaled by A),
 ema=D (evaluate an exponential moving average of the weights, decay D per step;
@@ -77,7 +79,7 @@ def recipe(c, epochs: int, learning_rate: float, warmup_epochs: float):
 def get_config(arg=""):
     v = parse_variant(arg, epochs=40, members=1, vote="plurality", fc=1024, p=0.5, rot=0.0,
                       zoom=0.0, bn=0, deep=0, tta=0, elastic=0.0, esigma=4.0,
-                      ema=0.0, trainval=0, width=0)
+                      ema=0.0, trainval=0, width=0, ttarot=0.0, ttazoom=0.0)
     c = recipe(dbl_conv_relu.get_config(), v["epochs"], learning_rate=0.05, warmup_epochs=2.0)
     c.name = "modern" if v["members"] == 1 else f"modern_ens{v['members']}"
     bn = bool(v["bn"])
@@ -100,6 +102,8 @@ def get_config(arg=""):
     c.num_members = v["members"]
     c.vote = v["vote"]
     c.eval_shifts = v["tta"]
+    c.eval_rotate = v["ttarot"]
+    c.eval_zoom = v["ttazoom"]
     c.ema_decay = v["ema"]
     c.train_on_validation = bool(v["trainval"])
     c.width_norm = v["width"]

@@ -188,10 +188,12 @@ def main(flags) -> int:
 
 def vote(flags) -> int:
     """--mode=vote: a committee of finished runs (mnist_cnn/committee.py)."""
-    shifts = None if flags.vote_eval_shifts < 0 else flags.vote_eval_shifts
+    own = lambda v: None if v < 0 else v   # negative: each run's own setting
     result = committee.vote_runs(flags.vote_runs, log=lambda m: print(m, file=sys.stderr),
-                                 eval_shifts=shifts, select=flags.vote_select,
-                                 rule=flags.vote_rule,
+                                 eval_shifts=own(flags.vote_eval_shifts),
+                                 eval_rotate=own(flags.vote_eval_rotate),
+                                 eval_zoom=own(flags.vote_eval_zoom),
+                                 select=flags.vote_select, rule=flags.vote_rule,
                                  outputs_path=flags.vote_save_outputs)
     print(committee.markdown(result))
     driver.write_json_atomic(flags.vote_out, result)

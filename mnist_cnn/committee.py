@@ -98,6 +98,8 @@ OUTPUTS_FORMAT = 1
 _OUTPUT_KEYS = ("format", "names", "epochs", "eval_shifts", "trained_on_validation",
                 "validation_probabilities", "test_probabilities", "validation_sha256",
                 "test_sha256")
+# Keys a file written before they existed lacks: read as these (no such views).
+_OPTIONAL_KEYS = dict(eval_rotate=0.0, eval_zoom=0.0)
 
 
 def fingerprint(split) -> str:
@@ -118,6 +120,8 @@ def save_outputs(path: str, outputs: dict) -> None:
                   names=np.asarray(outputs["names"], dtype=str),
                   epochs=np.asarray([str(e) for e in outputs["epochs"]], dtype=str),
                   eval_shifts=np.asarray(outputs["eval_shifts"], np.int64),
+                  eval_rotate=np.asarray(outputs["eval_rotate"], np.float64),
+                  eval_zoom=np.asarray(outputs["eval_zoom"], np.float64),
                   trained_on_validation=np.asarray(outputs["trained_on_validation"], bool),
                   validation_probabilities=np.asarray(outputs["validation_probabilities"],
                                                       np.float32),
@@ -148,10 +152,12 @@ def load_outputs(path: str) -> dict:
                              f"format {got.get('format')}): write it again with "
                              f"--vote_save_outputs")
     m = len(got["names"])
+    for key, default in _OPTIONAL_KEYS.items():
+        got.setdefault(key, np.full(m, default))
     if (got["validation_probabilities"].shape[0] != m
             or got["test_probabilities"].shape[0] != m
-            or not len(got["epochs"]) == len(got["eval_shifts"])
-            == len(got["trained_on_validation"]) == m):
+            or not len(got["epochs"]) == len(got["eval_shifts"]) == len(got["eval_rotate"])
+            == len(got["eval_zoom"]) == len(got["trained_on_validation"]) == m):
         raise CommitteeError(f"{path}: its arrays disagree in shape (names {m}, "
                              f"validation {got['validation_probabilities'].shape}, test "
                              f"{got['test_probabilities'].shape}); the file is damaged")
@@ -164,10 +170,11 @@ def is_outputs_file(entry: str) -> bool:
 
 
 def member_probabilities(model, params, stacked: bool, images, eval_batch_size=200,
-                         eval_shifts=0):
+                         eval_shifts=0, eval_rotate=0.0, eval_zoom=0.0):
     """(members, N, 10) softmax outputs of one run's network(s), averaged over
-    test-time shifts when eval_shifts > 0 (train.make_predict)."""
-    probs = train.make_predict(model, eval_batch_size, stacked, eval_shifts)(params, images)
+    test-time shifts, rotations and zooms when any is > 0 (train.make_predict)."""
+    probs = train.make_predict(model, eval_batch_size, stacked, eval_shifts, eval_rotate,
+                               eval_zoom)(params, images)
     probs = np.asarray(probs)
     return probs if stacked else probs[None]
 
@@ -177,9 +184,11 @@ def _accuracy(pred, labels) -> float:
 
 
 def member_accuracies(probs_val, probs_test, val_labels, test_labels, names) -> list:
-    """Pure: each network's own validation and test accuracy."""
+    """Pure: each network's own validation and test accuracy, and its validation
+    cross-entropy."""
     return [dict(name=n, validation_accuracy=_accuracy(pv.argmax(-1), val_labels),
-                 test_accuracy=_accuracy(pt.argmax(-1), test_labels))
+                 test_accuracy=_accuracy(pt.argmax(-1), test_labels),
+                 validation_nll=_nll(np.asarray(pv, np.float64), val_labels))
             for n, pv, pt in zip(names, probs_val, probs_test)]
 
 
@@ -196,6 +205,8 @@ def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") ->
                                                          val_labels),
                            test_accuracy=_accuracy(pred_test, test_labels),
                            test_errors=int(np.sum(pred_test != np.asarray(test_labels))))
+    mean_val = np.mean(np.asarray(probs_val, np.float64), axis=0)
+    votes["mean_softmax"]["validation_nll"] = _nll(mean_val, val_labels)
     chosen = rule if rule != "auto" else max(
         ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"], k == "plurality"))
     out.update(votes=votes, chosen_vote=chosen, vote_rule=rule, size=len(names),
@@ -276,12 +287,13 @@ def _same_images(w, saved, ds):
 
 
 def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
-              outputs_path=None) -> dict:
+              outputs_path=None, eval_rotate=None, eval_zoom=None) -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
     the first run's config finds its data), tallies. An entry ending in .npz is a file
     --vote_save_outputs wrote: its networks vote with their saved outputs (checked to
     be of the same images). eval_shifts: test-time shifts for every network
-    (config.eval_shifts); None: each run's own (a saved file's: as saved). select: "all"
+    (config.eval_shifts); None: each run's own (a saved file's: as saved); eval_rotate,
+    eval_zoom: likewise for the rotated and zoomed views. select: "all"
     networks vote, or "greedy": the committee greedy_select picks on validation. rule:
     "auto" (the vote with the better validation accuracy) or a vote fixed in advance,
     which a committee with a run trained on the validation images (train_on_validation)
@@ -295,6 +307,13 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
         raise CommitteeError(f"--vote_eval_shifts must be in [0, {config_lib.MAX_SHIFT}] "
                              f"pixels (or -1: each run's own config.eval_shifts), "
                              f"got {eval_shifts}")
+    if eval_rotate is not None and not 0 <= eval_rotate <= config_lib.MAX_EVAL_ROTATE:
+        raise CommitteeError(f"--vote_eval_rotate must be in [0, "
+                             f"{config_lib.MAX_EVAL_ROTATE}] degrees (or -1: each run's "
+                             f"own config.eval_rotate), got {eval_rotate}")
+    if eval_zoom is not None and not 0 <= eval_zoom <= config_lib.MAX_EVAL_ZOOM:
+        raise CommitteeError(f"--vote_eval_zoom must be in [0, {config_lib.MAX_EVAL_ZOOM}] "
+                             f"(or -1: each run's own config.eval_zoom), got {eval_zoom}")
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")
@@ -316,13 +335,15 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
         raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
                              f"(train_on_validation), so validation cannot choose the "
                              f"vote: fix it with --vote_rule=plurality or mean_softmax")
+    asked = dict(eval_shifts=eval_shifts, eval_rotate=eval_rotate, eval_zoom=eval_zoom)
     for w, _, saved in entries:
-        if saved is not None and eval_shifts is not None and any(
-                int(s) != eval_shifts for s in saved["eval_shifts"]):
-            raise CommitteeError(f"{w} holds outputs with test-time shifts "
-                                 f"{sorted(set(int(s) for s in saved['eval_shifts']))}, "
-                                 f"which --vote_eval_shifts={eval_shifts} cannot redo: "
-                                 f"pass -1, or vote the run directories instead")
+        for key, want in asked.items():
+            if saved is not None and want is not None and any(
+                    float(v) != want for v in saved[key]):
+                raise CommitteeError(f"{w} holds outputs with test-time {key} "
+                                     f"{sorted(set(saved[key].tolist()))}, which "
+                                     f"--vote_{key}={want} cannot redo: pass -1, or "
+                                     f"vote the run directories instead")
     first = next((c for _, c, _ in entries if c is not None), config_lib.base_config())
     ds = data.load(first.data_source, first.data_dir or None, first.train_size,
                    download=first.download)
@@ -334,13 +355,15 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
             views[width] = (norm(ds.validation.images), norm(ds.test.images))
         return views[width]
 
-    names, epochs, shifts_of, on_val, pv, pt = [], [], [], [], [], []
+    names, epochs, on_val, pv, pt = [], [], [], [], []
+    views_of = {key: [] for key in asked}   # each network's test-time views
     for workdir, config, saved in entries:
         if saved is not None:
             _same_images(workdir, saved, ds)
             names += [str(n) for n in saved["names"]]
             epochs += [int(e) if str(e).isdigit() else str(e) for e in saved["epochs"]]
-            shifts_of += [int(s) for s in saved["eval_shifts"]]
+            for key in asked:
+                views_of[key] += saved[key].tolist()
             on_val += [bool(t) for t in saved["trained_on_validation"]]
             pv.append(saved["validation_probabilities"])
             pt.append(saved["test_probabilities"])
@@ -348,19 +371,21 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
             continue
         config, model, params, epoch = load_run(workdir, config)
         stacked = max(config.num_members, config.num_runs) > 1
-        shifts = config.eval_shifts if eval_shifts is None else eval_shifts
+        own = {key: config[key] if want is None else want for key, want in asked.items()}
         vx, tx = inputs(config.width_norm)
-        v = member_probabilities(model, params, stacked, vx, config.eval_batch_size, shifts)
-        t = member_probabilities(model, params, stacked, tx, config.eval_batch_size, shifts)
+        v, t = (member_probabilities(model, params, stacked, x, config.eval_batch_size,
+                                     **own) for x in (vx, tx))
         for i in range(len(v)):
             names.append(f"{workdir}[{i}]" if stacked else workdir)
             epochs.append(epoch)
-            shifts_of.append(shifts)
             on_val.append(bool(config.train_on_validation))
+            for key in asked:
+                views_of[key].append(own[key])
         pv.append(v)
         pt.append(t)
+        n_views = train.num_views(own["eval_shifts"], own["eval_rotate"], own["eval_zoom"])
         log(f"{workdir}: {len(v)} network(s) at epoch {epoch}"
-            + (f", {len(train.eval_views(shifts))} test-time views" if shifts else ""))
+            + (f", {n_views} test-time views" if n_views > 1 else ""))
     pv, pt = np.concatenate(pv), np.concatenate(pt)
     keep = list(range(len(names)))
     if select == "greedy":
@@ -371,15 +396,14 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
                    [names[i] for i in keep], rule)
     for m, i in zip(result["members"], keep):
         m["epoch"] = epochs[i]
-        m["eval_shifts"] = shifts_of[i]
-    result.update(runs=list(workdirs), data_source=ds.source, eval_shifts=eval_shifts,
-                  select=select)
+        m.update({key: views_of[key][i] for key in asked})
+    result.update(runs=list(workdirs), data_source=ds.source, select=select, **asked)
     if select == "greedy":   # every network's own accuracies, chosen or not
         result["candidates"] = member_accuracies(pv, pt, ds.validation.labels,
                                                  ds.test.labels, names)
     if outputs_path is not None:
         save_outputs(outputs_path, dict(
-            names=names, epochs=epochs, eval_shifts=shifts_of,
+            names=names, epochs=epochs, **views_of,
             trained_on_validation=on_val, validation_probabilities=pv,
             test_probabilities=pt, validation_sha256=fingerprint(ds.validation),
             test_sha256=fingerprint(ds.test)))

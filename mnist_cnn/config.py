@@ -125,6 +125,9 @@ def base_config():
     c.eval_shifts = 0           # test-time augmentation: evaluation averages the softmax
                                 # over each image and its shifts by 1..k pixels up, down,
                                 # left and right (4k + 1 views); 0: the image alone
+    c.eval_rotate = 0.0         # ... and over each image rotated by +-D degrees (2 more
+                                # views; 0: none), bilinear as augment_rotate
+    c.eval_zoom = 0.0           # ... and zoomed by 1 -+ Z (2 more views; 0: none)
     c.eval_every = 1            # evaluate validation and test after every N-th epoch and
                                 # the last; the epochs between record training cost only
                                 # (and the best-validation choice sees evaluated epochs)
@@ -143,6 +146,8 @@ def num_train_images(c) -> int:
 
 
 MAX_SHIFT = 27   # pixels: a shift of 28 or more leaves a 28x28 image blank
+MAX_EVAL_ROTATE = 45.0   # degrees: test-time rotated views (config.eval_rotate)
+MAX_EVAL_ZOOM = 0.5      # test-time zoomed views by 1 -+ Z (config.eval_zoom)
 
 
 def _check(cond, msg):
@@ -202,6 +207,13 @@ def validate(c):
     _check(0 <= c.eval_shifts <= MAX_SHIFT, f"config.eval_shifts must be in [0, {MAX_SHIFT}] "
            f"pixels (0: no test-time shifts; 28 or more leaves a blank image), "
            f"got {c.eval_shifts}")
+    for field in ("eval_rotate", "eval_zoom"):
+        _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
+    _check(0 <= c.eval_rotate <= MAX_EVAL_ROTATE, f"config.eval_rotate must be in "
+           f"[0, {MAX_EVAL_ROTATE}] degrees (0: no rotated test-time views), "
+           f"got {c.eval_rotate}")
+    _check(0 <= c.eval_zoom <= MAX_EVAL_ZOOM, f"config.eval_zoom must be in "
+           f"[0, {MAX_EVAL_ZOOM}] (views zoomed by 1 -+ Z; 0: none), got {c.eval_zoom}")
     _check(0 <= c.width_norm <= 28, f"config.width_norm must be in [0, 28] pixels (the "
            f"digit's bounding-box width; Ciresan et al. used 10-20; 0: off), "
            f"got {c.width_norm}")

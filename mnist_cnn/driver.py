@@ -349,7 +349,8 @@ class Plan:
         self.compile_s = time.perf_counter() - t0
         self.check_memory()
         self.predict = train.make_predict(model, config.eval_batch_size, self.stacked,
-                                            config.eval_shifts)
+                                            config.eval_shifts, config.eval_rotate,
+                                            config.eval_zoom)
         self.calibrate = None
         if config_lib.uses_batch_norm(config):
             self.calibrate = train.make_calibrate(model, stacked=self.stacked)

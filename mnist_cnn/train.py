@@ -348,15 +348,31 @@ def eval_views(shifts: int):
                        for dy, dx in data.BOOK_SHIFTS]
 
 
-def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int = 0):
+def eval_warps(rotate: float = 0.0, zoom: float = 0.0):
+    """The (degrees, zoom factor) views test-time augmentation adds to eval_views: the
+    image rotated by +rotate and -rotate degrees about its centre (rotate > 0), then
+    zoomed by 1 - zoom and 1 + zoom (zoom > 0); bilinear, as the training's random
+    rotations and zooms (data.affine)."""
+    warps = [(rotate, 1.0), (-rotate, 1.0)] if rotate else []
+    return warps + ([(0.0, 1.0 - zoom), (0.0, 1.0 + zoom)] if zoom else [])
+
+
+def num_views(shifts: int, rotate: float = 0.0, zoom: float = 0.0) -> int:
+    return len(eval_views(shifts)) + len(eval_warps(rotate, zoom))
+
+
+def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int = 0,
+                 rotate: float = 0.0, zoom: float = 0.0):
     """Returns jitted predict(params, images_u8, keep=None) -> softmax probabilities
     (N, 10), or (members, N, 10) for stacked params; evaluated in batches of
     eval_batch_size. keep: a vmapped sweep's dropout keep probabilities (traced_hp's
     "keep", one per member), for network3's (1-p) scaling at evaluation.
-    shifts: test-time augmentation (config.eval_shifts): the probabilities are the mean
-    of the softmax over eval_views(shifts), each image shifted with the vacated pixels
-    zeroed (data.shift_image); 0: the image alone."""
-    views = eval_views(shifts)
+    shifts, rotate, zoom: test-time augmentation (config.eval_shifts, eval_rotate,
+    eval_zoom): the probabilities are the mean of the softmax over eval_views(shifts),
+    each image shifted with the vacated pixels zeroed (data.shift_image), and
+    eval_warps(rotate, zoom), each image rotated or zoomed (data.affine); all 0: the
+    image alone."""
+    views, warps = eval_views(shifts), eval_warps(rotate, zoom)
 
     def probs(params, images, keep=None):
         n = images.shape[0]
@@ -364,12 +380,19 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int
         pad = (-n) % bs
         xs = jnp.pad(images, ((0, pad), (0, 0), (0, 0))).reshape(-1, bs, *images.shape[1:])
         kw = {} if keep is None else dict(keep_probs=keep)
-        one = lambda x: jax.nn.softmax(
-            model.apply({"params": params}, data.to_float(x), train=False, **kw))
+        soft = lambda x: jax.nn.softmax(
+            model.apply({"params": params}, x, train=False, **kw))
+        one = lambda x: soft(data.to_float(x))
         def batch(x):
-            if len(views) == 1:
+            if len(views) == 1 and not warps:
                 return one(x)
-            return sum(one(data.shift_image(x, dy, dx)) for dy, dx in views) / len(views)
+            total = sum(one(data.shift_image(x, dy, dx)) for dy, dx in views)
+            flat = data.to_float(x)[..., 0]
+            for degrees, scale in warps:
+                theta = jnp.full((x.shape[0],), degrees * jnp.pi / 180, jnp.float32)
+                zoom_ = jnp.full((x.shape[0],), scale, jnp.float32)
+                total = total + soft(data.affine(flat, theta, zoom_)[..., None])
+            return total / (len(views) + len(warps))
         return lax.map(batch, xs).reshape(-1, 10)[:n]
 
     if not stacked:

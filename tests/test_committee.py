@@ -37,6 +37,10 @@ def test_tally_counts_votes_by_hand():
     assert got["votes"]["mean_softmax"]["test_accuracy"] == 1.0
     assert got["votes"]["plurality"]["test_errors"] == 1
     assert got["chosen_vote"] == "mean_softmax" and got["test_accuracy"] == 1.0
+    assert got["votes"]["mean_softmax"]["validation_nll"] == pytest.approx(
+        _committee_nll(probs, labels, [0, 1, 2]))
+    assert [m["validation_nll"] for m in got["members"]] == pytest.approx(
+        [_committee_nll(probs, labels, [i]) for i in range(3)])
     # The choice follows validation, not test: with validation labels that favour
     # plurality, plurality is reported even though mean_softmax is better on test.
     got = committee.tally(probs, probs, np.array([1, 2, 5, 7]), labels, ["a", "b", "c"])
@@ -252,7 +256,8 @@ def _outputs(m=3, n_val=4, n_test=5, seed=0, **over):
     rng = np.random.default_rng(seed)
     p = lambda n: rng.dirichlet(np.ones(10), size=(m, n)).astype(np.float32)
     out = dict(names=[f"net{i}" for i in range(m)], epochs=[3, "2 + 7 steps", 3][:m],
-               eval_shifts=[0, 1, 0][:m], trained_on_validation=[False, True, False][:m],
+               eval_shifts=[0, 1, 0][:m], eval_rotate=[0.0, 5.0, 0.0][:m],
+               eval_zoom=[0.0, 0.0, 0.1][:m], trained_on_validation=[False, True, False][:m],
                validation_probabilities=p(n_val), test_probabilities=p(n_test),
                validation_sha256="0" * 64, test_sha256="1" * 64)
     out.update(over)
@@ -268,6 +273,8 @@ def test_saved_outputs_round_trip_and_damaged_files_are_refused(tmp_path):
     assert list(got["names"]) == out["names"]
     assert list(got["epochs"]) == ["3", "2 + 7 steps", "3"]
     assert list(got["eval_shifts"]) == [0, 1, 0]
+    assert list(got["eval_rotate"]) == [0.0, 5.0, 0.0]
+    assert list(got["eval_zoom"]) == [0.0, 0.0, 0.1]
     assert list(got["trained_on_validation"]) == [False, True, False]
     for k in ("validation_probabilities", "test_probabilities"):
         np.testing.assert_array_equal(got[k], out[k])      # float32 kept bit for bit
@@ -282,6 +289,20 @@ def test_saved_outputs_round_trip_and_damaged_files_are_refused(tmp_path):
     committee.save_outputs(str(tmp_path / "short.npz"), short)
     with pytest.raises(committee.CommitteeError, match="disagree in shape"):
         committee.load_outputs(str(tmp_path / "short.npz"))
+
+
+def test_outputs_saved_before_rotated_views_existed_read_as_none(tmp_path):
+    """A file written before eval_rotate/eval_zoom were saved (the thirteenth session's
+    runs/outputs) loads with no rotated or zoomed views, and votes as before."""
+    out = _outputs()
+    path = str(tmp_path / "o.npz")
+    committee.save_outputs(path, out)
+    with np.load(path) as f:
+        old = {k: f[k] for k in f.files if k not in ("eval_rotate", "eval_zoom")}
+    np.savez_compressed(tmp_path / "old.npz", **old)
+    got = committee.load_outputs(str(tmp_path / "old.npz"))
+    assert list(got["eval_rotate"]) == [0.0] * 3 and list(got["eval_zoom"]) == [0.0] * 3
+    np.testing.assert_array_equal(got["test_probabilities"], out["test_probabilities"])
 
 
 def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
@@ -303,7 +324,7 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
         assert got["votes"] == direct["votes"]
     saved = committee.load_outputs(ab)
     with np.load(ab) as f:   # outputs and a fingerprint: no image or label of MNIST
-        assert set(f.files) == set(committee._OUTPUT_KEYS)
+        assert set(f.files) == set(committee._OUTPUT_KEYS) | set(committee._OPTIONAL_KEYS)
     assert list(saved["names"]) == runs[:2]
     assert list(saved["trained_on_validation"]) == [False, True]
     with pytest.raises(committee.CommitteeError, match="--vote_rule=plurality or mean"):
@@ -312,6 +333,18 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
         committee.vote_runs([ab], log=quiet, rule="plurality", eval_shifts=1)
     alone = committee.vote_runs([ab], log=quiet, rule="plurality", eval_shifts=0)
     assert alone["members"] == direct["members"][:2]
+    with pytest.raises(committee.CommitteeError, match=r"rotate \[0.0\].*--vote_eval_rotate=5"):
+        committee.vote_runs([ab], log=quiet, rule="plurality", eval_rotate=5.0)
+    # Rotated and zoomed views: a saved file repeats the run directories' vote.
+    abw = str(tmp_path / "abw.npz")
+    warped = committee.vote_runs(runs[:2], log=quiet, rule="mean_softmax", eval_rotate=5.0,
+                                 eval_zoom=0.1, outputs_path=abw)
+    assert [m["eval_rotate"] for m in warped["members"]] == [5.0, 5.0]
+    assert [m["eval_zoom"] for m in warped["members"]] == [0.1, 0.1]
+    assert warped["eval_rotate"] == 5.0 and warped["eval_zoom"] == 0.1
+    assert warped["members"] != direct["members"][:2]   # the views changed the outputs
+    again = committee.vote_runs([abw], log=quiet, rule="mean_softmax", eval_zoom=0.1)
+    assert again["members"] == warped["members"] and again["votes"] == warped["votes"]
     other = str(tmp_path / "other.npz")
     committee.save_outputs(other, _outputs(n_val=10_000, n_test=10_000))
     with pytest.raises(committee.CommitteeError, match="computed on other validation"):

@@ -106,3 +106,75 @@ def test_bad_eval_shifts(tmp_path):
     assert not (tmp_path / "w").exists()
     with pytest.raises(committee.CommitteeError, match="--vote_eval_shifts"):
         committee.vote_runs([str(tmp_path)], eval_shifts=40)
+
+
+# --- rotated and zoomed views (config.eval_rotate, config.eval_zoom) ---
+
+def test_warp_views_are_plus_minus_rotations_then_zooms():
+    assert train.eval_warps() == []
+    assert train.eval_warps(5.0) == [(5.0, 1.0), (-5.0, 1.0)]
+    assert train.eval_warps(0.0, 0.1) == [(0.0, 0.9), (0.0, 1.1)]
+    assert train.eval_warps(10.0, 0.05) == [(10.0, 1.0), (-10.0, 1.0), (0.0, 0.95),
+                                            (0.0, 1.05)]
+    assert train.num_views(1, 5.0, 0.05) == 9 and train.num_views(0) == 1
+
+
+def reference_warped_probs(model, params, images, shifts, rotate, zoom):
+    """numpy/scipy reference: the mean softmax over the shifted views (np_shift) and the
+    views rotated by +-rotate degrees and zoomed by 1 -+ zoom (scipy's bilinear affine)."""
+    from tests.test_data import _scipy_affine
+    x = np.asarray(images, np.float64) / 255.0
+    views = [np_shift(x, dy, dx) for dy, dx in
+             [(0, 0)] + [(s * dy, s * dx) for s in range(1, shifts + 1)
+                         for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]]
+    warps = ([(rotate, 1.0), (-rotate, 1.0)] if rotate else []) + (
+        [(0.0, 1 - zoom), (0.0, 1 + zoom)] if zoom else [])
+    views += [np.stack([_scipy_affine(img, np.deg2rad(d), s) for img in x])
+              for d, s in warps]
+    soft = lambda v: np.asarray(jax.nn.softmax(model.apply(
+        {"params": params}, np.asarray(v, np.float32)[..., None], train=False)))
+    return np.mean([soft(v) for v in views], axis=0), len(views)
+
+
+@pytest.mark.parametrize("shifts,rotate,zoom", [(0, 8.0, 0.0), (1, 5.0, 0.1), (0, 0.0, 0.2)])
+def test_predict_averages_over_rotated_and_zoomed_views(shifts, rotate, zoom):
+    c = tiny_config()
+    model = networks.from_config(c)
+    state = train.init_state(model, train.make_optimizer(c, 10), 0)
+    images, _ = fake_data(7)   # batches of 3: a padded last batch
+    got = np.asarray(train.make_predict(model, 3, shifts=shifts, rotate=rotate,
+                                        zoom=zoom)(state.params, images))
+    want, n = reference_warped_probs(model, state.params, images, shifts, rotate, zoom)
+    assert n == train.num_views(shifts, rotate, zoom)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    shifted_only = np.asarray(train.make_predict(model, 3, shifts=shifts)(state.params,
+                                                                          images))
+    assert np.abs(got - shifted_only).max() > 1e-3   # the warped views count
+
+
+def test_stacked_members_average_their_own_warped_views():
+    c = tiny_config()
+    model = networks.from_config(c)
+    stacked = train.init_states(model, train.make_optimizer(c, 10), 0, 2)
+    images, _ = fake_data(4)
+    got = np.asarray(train.make_predict(model, 4, stacked=True, shifts=1, rotate=6.0,
+                                        zoom=0.1)(stacked.params, images))
+    for i in range(2):
+        want, _ = reference_warped_probs(model, ensemble.member(stacked.params, i), images,
+                                         1, 6.0, 0.1)
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_eval_rotate_and_zoom(tmp_path):
+    for field, bad in (("eval_rotate", -1.0), ("eval_rotate", 46.0), ("eval_zoom", -0.1),
+                       ("eval_zoom", 0.6)):
+        with pytest.raises(config_lib.ConfigError, match=field):
+            config_lib.validate(tiny_config(**{field: bad}))
+    proc = run("--config=experiments/modern.py", f"--workdir={tmp_path / 'w'}",
+               "--config.eval_rotate=90")
+    assert_user_error(proc, "config.eval_rotate must be in [0, 45.0] degrees")
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(committee.CommitteeError, match="--vote_eval_rotate"):
+        committee.vote_runs([str(tmp_path)], eval_rotate=50.0)
+    with pytest.raises(committee.CommitteeError, match="--vote_eval_zoom"):
+        committee.vote_runs([str(tmp_path)], eval_zoom=0.9)

@@ -178,3 +178,31 @@ def test_bad_eval_rotate_and_zoom(tmp_path):
         committee.vote_runs([str(tmp_path)], eval_rotate=50.0)
     with pytest.raises(committee.CommitteeError, match="--vote_eval_zoom"):
         committee.vote_runs([str(tmp_path)], eval_zoom=0.9)
+
+
+def test_run_reports_accuracy_with_rotated_and_zoomed_views(tmp_path, mnist_dir):
+    """A driver run with eval_rotate/eval_zoom reports the accuracy of the scipy
+    reference's mean softmax over its 9 views; the committee repeats it with the run's
+    own setting and reports another without the warped views."""
+    from experiments import modern
+    from mnist_cnn import data
+    c = modern.get_config("fc=16,bn=1,tta=1,ttarot=5,ttazoom=0.1")
+    c.update(dict(num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30,
+                  plots=False, bn_calibration_images=200))
+    c.layers[0].features, c.layers[1].features = 4, 8
+    summary = driver.run(c, str(tmp_path / "r"), log=lambda *a: None)
+    _, model, params, _ = committee.load_run(str(tmp_path / "r"))
+    ds = data.load(data_dir=mnist_dir)
+    want, n = reference_warped_probs(model, params, ds.test.images[:2000], 1, 5.0, 0.1)
+    got = np.asarray(train.make_predict(model, 200, shifts=1, rotate=5.0, zoom=0.1)(
+        params, jax.device_put(ds.test.images)))
+    np.testing.assert_allclose(got[:2000], want, rtol=1e-3, atol=1e-4)
+    acc = float(np.mean(got.argmax(-1) == ds.test.labels))
+    assert n == 9 and summary["final_test_accuracy"] == pytest.approx(acc, abs=1e-4)
+    own = committee.vote_runs([str(tmp_path / "r")], log=lambda *a: None)
+    assert own["members"][0]["test_accuracy"] == pytest.approx(acc, abs=1e-4)
+    assert own["members"][0]["eval_rotate"] == 5.0 and own["eval_rotate"] is None
+    shifts_only = committee.vote_runs([str(tmp_path / "r")], log=lambda *a: None,
+                                      eval_rotate=0.0, eval_zoom=0.0)
+    assert shifts_only["members"][0]["validation_nll"] != pytest.approx(
+        own["members"][0]["validation_nll"], rel=1e-4)

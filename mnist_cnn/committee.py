@@ -195,7 +195,8 @@ def member_accuracies(probs_val, probs_test, val_labels, test_labels, names) -> 
 def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") -> dict:
     """Pure: every member's and both votes' accuracies, and the committee's vote: the
     one with the higher validation accuracy (plurality on a tie) for rule "auto", else
-    the named one (fixed in advance)."""
+    the named one (fixed in advance). test_wrong_by[k]: how many test images exactly k
+    of the members get wrong (how much the members' errors overlap)."""
     out = dict(members=member_accuracies(probs_val, probs_test, val_labels, test_labels,
                                          names))
     votes = {}
@@ -209,6 +210,8 @@ def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") ->
     votes["mean_softmax"]["validation_nll"] = _nll(mean_val, val_labels)
     chosen = rule if rule != "auto" else max(
         ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"], k == "plurality"))
+    wrong = np.sum(np.argmax(probs_test, -1) != np.asarray(test_labels)[None], axis=0)
+    out["test_wrong_by"] = np.bincount(wrong, minlength=len(names) + 1).tolist()
     out.update(votes=votes, chosen_vote=chosen, vote_rule=rule, size=len(names),
                validation_accuracy=votes[chosen]["validation_accuracy"],
                test_accuracy=votes[chosen]["test_accuracy"])
@@ -253,6 +256,10 @@ def markdown(result: dict) -> str:
         mark = f" (chosen {how})" if kind == result["chosen_vote"] else ""
         lines.append(f"| **{kind} vote**{mark} | | {100 * v['validation_accuracy']:.2f}% | "
                      f"**{100 * v['test_accuracy']:.2f}%** ({v['test_errors']} errors) |")
+    if "test_wrong_by" in result and result["size"] > 1:
+        by = result["test_wrong_by"]
+        lines.append("\ntest images wrong for k of the " f"{result['size']} networks: "
+                     + ", ".join(f"k={k}: {n}" for k, n in enumerate(by) if k and n))
     return "\n".join(lines)
 
 

@@ -36,6 +36,9 @@ def test_tally_counts_votes_by_hand():
     assert got["votes"]["plurality"]["test_accuracy"] == 0.75       # wrong on image 2
     assert got["votes"]["mean_softmax"]["test_accuracy"] == 1.0
     assert got["votes"]["plurality"]["test_errors"] == 1
+    # Images 0-3 are wrong for 0, 1 (member 2 says 0), 2 (members 1, 2) and 2 members.
+    assert got["test_wrong_by"] == [1, 1, 2, 0]
+    assert "wrong for k of the 3 networks: k=1: 1, k=2: 2" in committee.markdown(got)
     assert got["chosen_vote"] == "mean_softmax" and got["test_accuracy"] == 1.0
     assert got["votes"]["mean_softmax"]["validation_nll"] == pytest.approx(
         _committee_nll(probs, labels, [0, 1, 2]))

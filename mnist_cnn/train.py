@@ -390,8 +390,8 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int
             flat = data.to_float(x)[..., 0]
             for degrees, scale in warps:
                 theta = jnp.full((x.shape[0],), degrees * jnp.pi / 180, jnp.float32)
-                zoom_ = jnp.full((x.shape[0],), scale, jnp.float32)
-                total = total + soft(data.affine(flat, theta, zoom_)[..., None])
+                scales = jnp.full((x.shape[0],), scale, jnp.float32)
+                total = total + soft(data.affine(flat, theta, scales)[..., None])
             return total / (len(views) + len(warps))
         return lax.map(batch, xs).reshape(-1, 10)[:n]
 

@@ -173,10 +173,18 @@ def member_probabilities(model, params, stacked: bool, images, eval_batch_size=2
                          eval_shifts=0, eval_rotate=0.0, eval_zoom=0.0):
     """(members, N, 10) softmax outputs of one run's network(s), averaged over
     test-time shifts, rotations and zooms when any is > 0 (train.make_predict)."""
-    probs = train.make_predict(model, eval_batch_size, stacked, eval_shifts, eval_rotate,
-                               eval_zoom)(params, images)
-    probs = np.asarray(probs)
-    return probs if stacked else probs[None]
+    return members_probabilities(model, params, stacked, [images], eval_batch_size,
+                                 eval_shifts, eval_rotate, eval_zoom)[0]
+
+
+def members_probabilities(model, params, stacked: bool, image_sets, eval_batch_size=200,
+                          eval_shifts=0, eval_rotate=0.0, eval_zoom=0.0) -> list:
+    """member_probabilities on each of image_sets, from one compiled predict (sets of
+    one shape, validation and test, compile once)."""
+    predict = train.make_predict(model, eval_batch_size, stacked, eval_shifts, eval_rotate,
+                                 eval_zoom)
+    probs = [np.asarray(predict(params, images)) for images in image_sets]
+    return probs if stacked else [p[None] for p in probs]
 
 
 def _accuracy(pred, labels) -> float:
@@ -380,8 +388,8 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
         stacked = max(config.num_members, config.num_runs) > 1
         own = {key: config[key] if want is None else want for key, want in asked.items()}
         vx, tx = inputs(config.width_norm)
-        v, t = (member_probabilities(model, params, stacked, x, config.eval_batch_size,
-                                     **own) for x in (vx, tx))
+        v, t = members_probabilities(model, params, stacked, (vx, tx),
+                                     config.eval_batch_size, **own)
         for i in range(len(v)):
             names.append(f"{workdir}[{i}]" if stacked else workdir)
             epochs.append(epoch)

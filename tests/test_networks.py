@@ -142,3 +142,17 @@ def test_variant_argument_errors():
         expanded_data.get_config("n=big")
     with pytest.raises(config_lib.ConfigError, match="takes n="):
         expanded_data.get_config("m=3")
+
+
+@pytest.mark.parametrize("k1, side", [(3, 4), (5, 3), (7, 3)])
+def test_modern_deep_first_kernel_variant(k1, side):
+    """k1 sets the first conv's receptive field; the rest of the four-conv net follows
+    (VALID convs, 2x2 pools), so the FC layer sees side x side x 64."""
+    from experiments import modern
+    c = config_lib.validate(modern.get_config(f"deep=1,bn=1,k1={k1}"))
+    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(0))
+    assert params["layer0_conv"]["w"].shape == (k1, k1, 1, 32)
+    assert [params[f"layer{i}_conv"]["w"].shape[0] for i in (1, 2, 3)] == [3, 3, 3]
+    assert params["layer4_fc"]["w"].shape == (side * side * 64, 1024)
+    shallow = config_lib.validate(modern.get_config(f"k1={k1}"))
+    assert shallow.layers[0].kernel == k1 and shallow.layers[1].kernel == 5

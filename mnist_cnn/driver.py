@@ -579,8 +579,10 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
 def _figures(config, metrics, ds, predictions, final, workdir):
     plots.learning_curves(metrics, os.path.join(workdir, "learning_curves.png"),
                           title=config.name)
+    note = (f"; digits width-normalised to {config.width_norm} pixels, as the network saw "
+            f"them" if config.width_norm else "")
     plots.errors_grid(ds.test.images, ds.test.labels, predictions,
-                      os.path.join(workdir, "errors.png"))
+                      os.path.join(workdir, "errors.png"), note=note)
     params = train.eval_params(final)
     params = ensemble.member(params, 0) if config.num_members > 1 else params
     first = params[sorted(params, key=lambda k: int(k[5:].split("_")[0]))[0]]

@@ -45,9 +45,10 @@ def learning_curves(metrics: list[dict], path: str, title: str = ""):
 
 
 def errors_grid(images, labels, predictions, path: str, max_images: int = 100,
-                title: str = ""):
+                title: str = "", note: str = ""):
     """The misclassified test images in a grid, as the chapter shows its 33: the true
-    label at the top right of each, the network's prediction at the bottom right."""
+    label at the top right of each, the network's prediction at the bottom right.
+    note: appended to the default title (e.g. how the images were preprocessed)."""
     import numpy as np
     all_wrong = np.flatnonzero(np.asarray(predictions) != np.asarray(labels))
     wrong = all_wrong[:max_images]
@@ -65,7 +66,8 @@ def errors_grid(images, labels, predictions, path: str, max_images: int = 100,
                 fontsize=9)
     shown = "" if len(wrong) == len(all_wrong) else f", the first {len(wrong)} shown"
     fig.suptitle(title or f"{len(all_wrong)} test images misclassified{shown} "
-                 f"(true label top right, prediction bottom right)", fontsize=9, y=1.0)
+                 f"(true label top right, prediction bottom right){note}", fontsize=9,
+                 y=1.0)
     _save(fig, path)
 
 

@@ -387,13 +387,19 @@ def test_fingerprint_names_exactly_the_images_and_labels():
     assert len(prints) == 5
 
 
-def test_width_normalised_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_dir):
+def test_width_normalised_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_dir,
+                                                                   monkeypatch):
     """config.width_norm preprocesses train, validation and test alike; the committee
     evaluates such a run on width-normalised images (its vote is the run's own test
-    accuracy), which differ from the raw ones the network would otherwise see."""
+    accuracy), which differ from the raw ones the network would otherwise see. The
+    run's errors.png says its images are the width-normalised ones."""
+    from mnist_cnn import plots
+    notes = []
+    monkeypatch.setattr(plots, "errors_grid", lambda *a, **k: notes.append(k.get("note")))
     s = _tiny_run(tmp_path / "w", width_norm=14, train_size=2000, num_epochs=2,
-                  learning_rate=0.1, batch_size=20)
+                  learning_rate=0.1, batch_size=20, plots=True)
     assert "width-normalised to 14 pixels" in s["data_source"]
+    assert notes and "width-normalised to 14 pixels" in notes[0]
     voted = committee.vote_runs([str(tmp_path / "w")], log=lambda *a: None)
     assert voted["members"][0]["test_accuracy"] == pytest.approx(s["final_test_accuracy"])
     config, model, params, _ = committee.load_run(str(tmp_path / "w"))

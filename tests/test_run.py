@@ -182,6 +182,24 @@ def test_figures_of_errors_and_filters(tmp_path):
     assert not list(tmp_path.glob("*.tmp.png"))
 
 
+def test_errors_grid_title_counts_errors_and_carries_the_note(tmp_path, monkeypatch):
+    import numpy as np
+    from mnist_cnn import plots
+    titles = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: titles.append(
+        fig._suptitle.get_text()))
+    labels = np.arange(12) % 10
+    preds = labels.copy()
+    preds[[2, 5]] = 0 + (labels[[2, 5]] == 0)
+    images = np.zeros((12, 28, 28), np.uint8)
+    plots.errors_grid(images, labels, preds, str(tmp_path / "a.png"))
+    plots.errors_grid(images, labels, preds, str(tmp_path / "b.png"), max_images=1,
+                      note="; widths")
+    assert titles[0].startswith("2 test images misclassified (")
+    assert titles[1].startswith("2 test images misclassified, the first 1 shown")
+    assert titles[1].endswith("; widths") and "widths" not in titles[0]
+
+
 def test_expanded_data_with_augmentation_runs(tmp_path, mnist_dir):
     proc = run("--config=experiments/expanded_data.py:n=30", f"--workdir={tmp_path}",
                "--config.train_size=100", "--config.num_epochs=1", "--config.augment_shift=1")

@@ -1,0 +1,30 @@
+"""Descriptive, chooses nothing: how the new (k1=3 / k1=7) networks' test errors overlap
+F12's. Prints JSON: F12's mean-softmax errors, each new network's errors, how many of
+F12's errors it gets right, and the same for the new networks' own committee."""
+import glob
+import json
+import os
+
+import numpy as np
+
+from mnist_cnn import data
+
+os.chdir("/work/main")
+test_y = np.asarray(data.load("idx", "/work/shared/data/mnist").test.labels)
+old = [f"runs/outputs/modern_deep_el36_tv_{n}.npz" for n in
+       "s1 s2 s3 s4 s5 s6 w14_s7 w18_s8 w12_s9 w16_s10".split()]
+old += [f"runs/outputs/tta_A/modern_deep_el36_tv_{n}.npz" for n in ("w10_s11", "w20_s12")]
+new = sorted(glob.glob("runs/outputs/modern_deep_el36_tv_k*_s*.npz"))
+prob = {f: np.load(f)["test_probabilities"][0] for f in old + new}
+wrong = lambda p: set(np.flatnonzero(p.argmax(-1) != test_y).tolist())
+f12 = wrong(np.mean([prob[f] for f in old], 0))
+out = dict(f12_errors=len(f12), f12_wrong_images=sorted(f12), networks={})
+for f in old + new:
+    w = wrong(prob[f])
+    out["networks"][os.path.basename(f)[:-4]] = dict(
+        errors=len(w), right_on_f12_errors=len(f12 - w))
+if new:
+    k = wrong(np.mean([prob[f] for f in new], 0))
+    out["k_committee"] = dict(errors=len(k), right_on_f12_errors=len(f12 - k),
+                              shared_with_f12=len(f12 & k))
+print(json.dumps(out, indent=1))

@@ -1,6 +1,7 @@
 """Descriptive, chooses nothing: how the new (k1=3 / k1=7) networks' test errors overlap
 F12's. Prints JSON: F12's mean-softmax errors, each new network's errors, how many of
-F12's errors it gets right, and the same for the new networks' own committee."""
+F12's errors it gets right, the same for the new networks' own committee, and the mean
+Jaccard overlap of two networks' error sets (within F12, new with F12, within new)."""
 import glob
 import json
 import os
@@ -23,6 +24,13 @@ for f in old + new:
     w = wrong(prob[f])
     out["networks"][os.path.basename(f)[:-4]] = dict(
         errors=len(w), right_on_f12_errors=len(f12 - w))
+errs = {f: wrong(prob[f]) for f in old + new}
+jac = lambda a, b: len(errs[a] & errs[b]) / len(errs[a] | errs[b])
+pairs = lambda xs, ys: [jac(a, b) for a in xs for b in ys if a < b or ys is not xs]
+out["mean_error_jaccard"] = dict(
+    f12_pairs=float(np.mean(pairs(old, old))),
+    **({"new_with_f12": float(np.mean(pairs(new, old)))} if new else {}),
+    **({"new_pairs": float(np.mean(pairs(new, new)))} if len(new) > 1 else {}))
 if new:
     k = wrong(np.mean([prob[f] for f in new], 0))
     out["k_committee"] = dict(errors=len(k), right_on_f12_errors=len(f12 - k),

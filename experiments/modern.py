@@ -15,10 +15,11 @@ vote=mean_softmax, fc=N (FC width, default 1024), p=P (dropout, default 0.5), ro
 zoom=S (random rotations of up to D degrees and zooms by [1-S, 1+S] on the fly; default 0),
 bn=1 (batch normalisation in every conv layer, population moments after each epoch),
 deep=1 (four conv layers: 5x5 32 + 3x3 32 + pool, 3x3 64 + 3x3 64 + pool; VALID, so
-28 -> 24 -> 22 -> 11 -> 9 -> 7 -> 3), k1=K (the first conv's kernel, default 5: with deep=1,
-k1=3 gives 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 and k1=7 gives 28 -> 22 -> 20 -> 10 -> 8 -> 6
--> 3; committee members that see the image through other receptive fields), tta=K (evaluation averages the softmax over each
-image and its shifts by 1..K pixels in the four directions: config.eval_shifts),
+28 -> 24 -> 22 -> 11 -> 9 -> 7 -> 3), k1=K (the first conv's kernel, default 5; with
+deep=1, k1=3 gives 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 and k1=7 gives 28 -> 22 -> 20 ->
+10 -> 8 -> 6 -> 3: committee members that see the image through other receptive
+fields), tta=K (evaluation averages the softmax over each image and its shifts by
+1..K pixels in the four directions: config.eval_shifts),
 ttarot=D and ttazoom=Z (evaluation also averages over each image rotated by +-D degrees
 and zoomed by 1 -+ Z: config.eval_rotate, config.eval_zoom),
 elastic=A and esigma=S (Simard et al. 2003's elastic distortions on the fly: a random

@@ -186,11 +186,11 @@ def test_errors_grid_title_counts_errors_and_carries_the_note(tmp_path, monkeypa
     import numpy as np
     from mnist_cnn import plots
     titles = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: titles.append(
-        fig._suptitle.get_text()))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (
+        titles.append(fig.get_suptitle()), plots._plt().close(fig)))
     labels = np.arange(12) % 10
     preds = labels.copy()
-    preds[[2, 5]] = 0 + (labels[[2, 5]] == 0)
+    preds[[2, 5]] = 0   # labels 2 and 5
     images = np.zeros((12, 28, 28), np.uint8)
     plots.errors_grid(images, labels, preds, str(tmp_path / "a.png"))
     plots.errors_grid(images, labels, preds, str(tmp_path / "b.png"), max_images=1,

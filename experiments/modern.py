@@ -18,7 +18,8 @@ deep=1 (four conv layers: 5x5 32 + 3x3 32 + pool, 3x3 64 + 3x3 64 + pool; VALID,
 28 -> 24 -> 22 -> 11 -> 9 -> 7 -> 3), k1=K (the first conv's kernel, default 5; with
 deep=1, k1=3 gives 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 and k1=7 gives 28 -> 22 -> 20 ->
 10 -> 8 -> 6 -> 3: committee members that see the image through other receptive
-fields), tta=K (evaluation averages the softmax over each image and its shifts by
+fields), pool=P (the 2x2 pooling: max, the default, or l2, the chapter's L2 pooling:
+the square root of the sum of squares over each window, before BN and ReLU), tta=K (evaluation averages the softmax over each image and its shifts by
 1..K pixels in the four directions: config.eval_shifts),
 ttarot=D and ttazoom=Z (evaluation also averages over each image rotated by +-D degrees
 and zoomed by 1 -+ Z: config.eval_rotate, config.eval_zoom),
@@ -88,18 +89,19 @@ def recipe(c, epochs: int, learning_rate: float, warmup_epochs: float):
 def get_config(arg=""):
     v = parse_variant(arg, epochs=40, members=1, vote="plurality", fc=1024, p=0.5, rot=0.0,
                       zoom=0.0, bn=0, deep=0, tta=0, elastic=0.0, esigma=4.0,
-                      ema=0.0, trainval=0, width=0, ttarot=0.0, ttazoom=0.0, k1=5)
+                      ema=0.0, trainval=0, width=0, ttarot=0.0, ttazoom=0.0, k1=5,
+                      pool="max")
     c = recipe(dbl_conv_relu.get_config(), v["epochs"], learning_rate=0.05, warmup_epochs=2.0)
     c.name = "modern" if v["members"] == 1 else f"modern_ens{v['members']}"
     bn = bool(v["bn"])
     if v["deep"]:   # two convs a stage: 5x5, 3x3 + pool; 3x3, 3x3 + pool
         convs = (conv_pool(32, kernel=v["k1"], activation="relu", pool="none", batch_norm=bn),
-                 conv_pool(32, kernel=3, activation="relu", batch_norm=bn),
+                 conv_pool(32, kernel=3, activation="relu", pool=v["pool"], batch_norm=bn),
                  conv_pool(64, kernel=3, activation="relu", pool="none", batch_norm=bn),
-                 conv_pool(64, kernel=3, activation="relu", batch_norm=bn))
+                 conv_pool(64, kernel=3, activation="relu", pool=v["pool"], batch_norm=bn))
     else:
-        convs = (conv_pool(32, kernel=v["k1"], activation="relu", batch_norm=bn),
-                 conv_pool(64, activation="relu", batch_norm=bn))
+        convs = (conv_pool(32, kernel=v["k1"], activation="relu", pool=v["pool"], batch_norm=bn),
+                 conv_pool(64, activation="relu", pool=v["pool"], batch_norm=bn))
     c.layers = convs + (
                 fc(v["fc"], activation="relu", dropout=v["p"]), softmax(10, dropout=v["p"]))
     c.dropout_mode = "inverted"

@@ -156,3 +156,16 @@ def test_modern_deep_first_kernel_variant(k1, side):
     assert params["layer4_fc"]["w"].shape == (side * side * 64, 1024)
     shallow = config_lib.validate(modern.get_config(f"k1={k1}"))
     assert shallow.layers[0].kernel == k1 and shallow.layers[1].kernel == 5
+
+
+def test_modern_pool_variant():
+    """pool=l2 puts the chapter's L2 pooling in every pooling layer of the modern nets
+    (the deep net's unpooled convs stay unpooled); a misspelt kind fails validation."""
+    from experiments import modern
+    deep = config_lib.validate(modern.get_config("deep=1,bn=1,k1=7,pool=l2"))
+    assert [layer.pool for layer in deep.layers[:4]] == ["none", "l2", "none", "l2"]
+    shallow = config_lib.validate(modern.get_config("pool=l2"))
+    assert [layer.pool for layer in shallow.layers[:2]] == ["l2", "l2"]
+    assert [layer.pool for layer in modern.get_config().layers[:2]] == ["max", "max"]
+    with pytest.raises(config_lib.ConfigError, match="pool must be one of"):
+        config_lib.validate(modern.get_config("pool=L2"))

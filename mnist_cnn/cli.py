@@ -194,7 +194,8 @@ def vote(flags) -> int:
                                  eval_rotate=own(flags.vote_eval_rotate),
                                  eval_zoom=own(flags.vote_eval_zoom),
                                  select=flags.vote_select, rule=flags.vote_rule,
-                                 outputs_path=flags.vote_save_outputs)
+                                 outputs_path=flags.vote_save_outputs,
+                                 outputs_precision=flags.vote_save_precision)
     print(committee.markdown(result))
     driver.write_json_atomic(flags.vote_out, result)
     print(f"\nwrote {flags.vote_out}"

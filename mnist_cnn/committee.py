@@ -112,10 +112,19 @@ def fingerprint(split) -> str:
     return h.hexdigest()
 
 
-def save_outputs(path: str, outputs: dict) -> None:
+SAVE_PRECISIONS = ("float32", "float16")
+
+
+def save_outputs(path: str, outputs: dict, precision: str = "float32") -> None:
     """Writes a committee's evaluated networks (outputs: the _OUTPUT_KEYS but format;
     the *_sha256: fingerprint() of the splits) to path (.npz, compressed), atomically:
-    a partial file never bears the name."""
+    a partial file never bears the name. precision "float16" stores the probabilities
+    in a quarter of the space (an archive to commit; rounding moves each by < 2.5e-4,
+    which can flip a vote on a near tie), read back as float32."""
+    if precision not in SAVE_PRECISIONS:
+        raise CommitteeError(f"outputs precision must be one of {SAVE_PRECISIONS}, "
+                             f"got {precision!r}")
+    prob = lambda a: np.asarray(a, np.float32).astype(precision)
     arrays = dict(format=np.int64(OUTPUTS_FORMAT),
                   names=np.asarray(outputs["names"], dtype=str),
                   epochs=np.asarray([str(e) for e in outputs["epochs"]], dtype=str),
@@ -123,9 +132,8 @@ def save_outputs(path: str, outputs: dict) -> None:
                   eval_rotate=np.asarray(outputs["eval_rotate"], np.float64),
                   eval_zoom=np.asarray(outputs["eval_zoom"], np.float64),
                   trained_on_validation=np.asarray(outputs["trained_on_validation"], bool),
-                  validation_probabilities=np.asarray(outputs["validation_probabilities"],
-                                                      np.float32),
-                  test_probabilities=np.asarray(outputs["test_probabilities"], np.float32),
+                  validation_probabilities=prob(outputs["validation_probabilities"]),
+                  test_probabilities=prob(outputs["test_probabilities"]),
                   validation_sha256=np.asarray(outputs["validation_sha256"], dtype=str),
                   test_sha256=np.asarray(outputs["test_sha256"], dtype=str))
     tmp = path + ".tmp.npz"
@@ -152,6 +160,8 @@ def load_outputs(path: str) -> dict:
                              f"format {got.get('format')}): write it again with "
                              f"--vote_save_outputs")
     m = len(got["names"])
+    for key in ("validation_probabilities", "test_probabilities"):   # float16 archives
+        got[key] = got[key].astype(np.float32, copy=False)
     for key, default in _OPTIONAL_KEYS.items():
         got.setdefault(key, np.full(m, default))
     if (got["validation_probabilities"].shape[0] != m
@@ -302,7 +312,8 @@ def _same_images(w, saved, ds):
 
 
 def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
-              outputs_path=None, eval_rotate=None, eval_zoom=None) -> dict:
+              outputs_path=None, eval_rotate=None, eval_zoom=None,
+              outputs_precision="float32") -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
     the first run's config finds its data), tallies. An entry ending in .npz is a file
     --vote_save_outputs wrote: its networks vote with their saved outputs (checked to
@@ -312,7 +323,11 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
     networks vote, or "greedy": the committee greedy_select picks on validation. rule:
     "auto" (the vote with the better validation accuracy) or a vote fixed in advance,
     which a committee with a run trained on the validation images (train_on_validation)
-    needs. outputs_path: where to save every evaluated network's outputs (.npz)."""
+    needs. outputs_path: where to save every evaluated network's outputs (.npz), in
+    outputs_precision (SAVE_PRECISIONS)."""
+    if outputs_precision not in SAVE_PRECISIONS:
+        raise CommitteeError(f"--vote_save_precision must be one of "
+                             f"{', '.join(SAVE_PRECISIONS)}, got {outputs_precision!r}")
     if select not in SELECTIONS:
         raise CommitteeError(f"--vote_select must be one of {', '.join(SELECTIONS)}, "
                              f"got {select!r}")
@@ -421,6 +436,6 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
             names=names, epochs=epochs, **views_of,
             trained_on_validation=on_val, validation_probabilities=pv,
             test_probabilities=pt, validation_sha256=fingerprint(ds.validation),
-            test_sha256=fingerprint(ds.test)))
+            test_sha256=fingerprint(ds.test)), precision=outputs_precision)
         result["outputs_file"] = outputs_path
     return result

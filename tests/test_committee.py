@@ -3,6 +3,7 @@ against hand-counted votes, old run directories, agreement with the driver's own
 evaluation and ensemble vote, and bad input."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -253,6 +254,7 @@ def test_run_py_vote_flags_offer_exactly_the_committees_choices():
              and getattr(call.func, "attr", "") == "DEFINE_enum"}
     assert tuple(enums["vote_select"]) == committee.SELECTIONS
     assert tuple(enums["vote_rule"]) == committee.RULES
+    assert tuple(enums["vote_save_precision"]) == committee.SAVE_PRECISIONS
 
 
 def _outputs(m=3, n_val=4, n_test=5, seed=0, **over):
@@ -292,6 +294,27 @@ def test_saved_outputs_round_trip_and_damaged_files_are_refused(tmp_path):
     committee.save_outputs(str(tmp_path / "short.npz"), short)
     with pytest.raises(committee.CommitteeError, match="disagree in shape"):
         committee.load_outputs(str(tmp_path / "short.npz"))
+
+
+def test_float16_outputs_are_a_smaller_archive_read_back_as_float32(tmp_path):
+    """precision="float16" stores the probabilities rounded to half precision (each
+    within 2**-12 of the float32 value for values in [0, 1]); they load as float32, and
+    an unknown precision is refused before anything is written."""
+    out = _outputs(n_val=2000, n_test=2000)
+    full, half = str(tmp_path / "full.npz"), str(tmp_path / "half.npz")
+    committee.save_outputs(full, out)
+    committee.save_outputs(half, out, precision="float16")
+    with np.load(half) as f:
+        assert f["test_probabilities"].dtype == np.float16
+    assert os.path.getsize(half) < 0.6 * os.path.getsize(full)
+    got = committee.load_outputs(half)
+    for k in ("validation_probabilities", "test_probabilities"):
+        assert got[k].dtype == np.float32
+        np.testing.assert_allclose(got[k], out[k], rtol=0, atol=2.0 ** -12)
+        assert not np.array_equal(got[k], out[k])    # rounded: not a float32 copy
+    with pytest.raises(committee.CommitteeError, match="precision must be one of"):
+        committee.save_outputs(str(tmp_path / "x.npz"), out, precision="int8")
+    assert not os.path.exists(tmp_path / "x.npz")
 
 
 def test_outputs_saved_before_rotated_views_existed_read_as_none(tmp_path):
@@ -367,6 +390,22 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["votes"] == direct["votes"]
     assert list(committee.load_outputs(str(npz))["names"]) == runs
+    # A float16 archive of the same committee votes as its runs did, but for near ties
+    # (these barely trained networks have many: a few of 10,000 images may move).
+    half = tmp_path / "half.npz"
+    proc = run("--mode=vote", f"--vote_runs={npz}", "--vote_rule=mean_softmax",
+               f"--vote_out={tmp_path / 'h.json'}", f"--vote_save_outputs={half}",
+               "--vote_save_precision=float16")
+    assert proc.returncode == 0, proc.stderr
+    with np.load(half) as f:
+        assert f["validation_probabilities"].dtype == np.float16
+    again = committee.vote_runs([str(half)], log=quiet, rule="mean_softmax")
+    for kind, v in direct["votes"].items():
+        for key in ("validation_accuracy", "test_accuracy"):
+            assert abs(again["votes"][kind][key] - v[key]) <= 5e-4, (kind, key)
+    with pytest.raises(committee.CommitteeError, match="--vote_save_precision must be"):
+        committee.vote_runs(runs, log=quiet, rule="plurality", outputs_path=str(half),
+                            outputs_precision="half")
 
 
 def test_fingerprint_names_exactly_the_images_and_labels():

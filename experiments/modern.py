@@ -19,8 +19,9 @@ deep=1 (four conv layers: 5x5 32 + 3x3 32 + pool, 3x3 64 + 3x3 64 + pool; VALID,
 deep=1, k1=3 gives 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 and k1=7 gives 28 -> 22 -> 20 ->
 10 -> 8 -> 6 -> 3: committee members that see the image through other receptive
 fields), pool=P (the 2x2 pooling: max, the default, or l2, the chapter's L2 pooling:
-the square root of the sum of squares over each window, before BN and ReLU), tta=K (evaluation averages the softmax over each image and its shifts by
-1..K pixels in the four directions: config.eval_shifts),
+the square root of the sum of squares over each window, before BN and ReLU), tta=K
+(evaluation averages the softmax over each image and its shifts by 1..K pixels in the
+four directions: config.eval_shifts),
 ttarot=D and ttazoom=Z (evaluation also averages over each image rotated by +-D degrees
 and zoomed by 1 -+ Z: config.eval_rotate, config.eval_zoom),
 elastic=A and esigma=S (Simard et al. 2003's elastic distortions on the fly: a random

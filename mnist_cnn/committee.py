@@ -379,11 +379,11 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
                    download=first.download)
     views = {}
 
-    def inputs(width):   # each run sees the images as it was trained (config.width_norm)
-        if width not in views:
-            norm = (lambda x: data.width_normalize(x, width)) if width else jax.device_put
-            views[width] = (norm(ds.validation.images), norm(ds.test.images))
-        return views[width]
+    def inputs(*how):   # each run sees the images as it was trained (width_norm, deskew)
+        if how not in views:
+            views[how] = (data.preprocess(ds.validation.images, *how),
+                          data.preprocess(ds.test.images, *how))
+        return views[how]
 
     names, epochs, on_val, pv, pt = [], [], [], [], []
     views_of = {key: [] for key in asked}   # each network's test-time views
@@ -402,7 +402,7 @@ def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
         config, model, params, epoch = load_run(workdir, config)
         stacked = max(config.num_members, config.num_runs) > 1
         own = {key: config[key] if want is None else want for key, want in asked.items()}
-        vx, tx = inputs(config.width_norm)
+        vx, tx = inputs(config.width_norm, config.deskew)
         v, t = members_probabilities(model, params, stacked, (vx, tx),
                                      config.eval_batch_size, **own)
         for i in range(len(v)):

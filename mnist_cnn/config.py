@@ -100,6 +100,8 @@ def base_config():
     c.width_norm = 0            # > 0: every image's digit bounding box stretched to this
                                 # many pixels wide, train, validation and test alike
                                 # (Ciresan et al. 2012's committee preprocessing; 0: off)
+    c.deskew = False            # True: every image deskewed (its slant sheared upright),
+                                # train, validation and test alike, before width_norm
     c.expand_data = False       # the book's 5x expansion (each image + four 1-pixel shifts)
     c.augment_shift = 0         # on-the-fly random shifts of up to k pixels (0: off)
     c.augment_rotate = 0.0      # on-the-fly random rotations of up to this many degrees
@@ -231,7 +233,7 @@ def validate(c):
            f"[0.5, 10] pixels (the field's smoothing; Simard et al. used 4), "
            f"got {c.augment_elastic_sigma}")
     for field in ("shuffle", "expand_data", "nesterov", "download", "plots",
-                  "train_on_validation"):
+                  "train_on_validation", "deskew"):
         _check(isinstance(c[field], bool), f"config.{field} must be True or False, "
                f"got {c[field]!r}")
     for field in ("learning_rate", "l2", "momentum", "warmup_epochs", "ema_decay"):

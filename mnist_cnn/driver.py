@@ -245,7 +245,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
         return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download, with_validation=config.train_on_validation)
-    ds = data.width_normalized(ds, config.width_norm)
+    ds = data.preprocessed(ds, config.width_norm, config.deskew)
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
     if not writer:
         with stop_on_signals() as stop:
@@ -579,8 +579,8 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
 def _figures(config, metrics, ds, predictions, final, workdir):
     plots.learning_curves(metrics, os.path.join(workdir, "learning_curves.png"),
                           title=config.name)
-    note = (f"; digits width-normalised to {config.width_norm} pixels, as the network saw "
-            f"them" if config.width_norm else "")
+    done = data.preprocessing_text(config.width_norm, config.deskew)
+    note = f"; digits {done}, as the network saw them" if done else ""
     plots.errors_grid(ds.test.images, ds.test.labels, predictions,
                       os.path.join(workdir, "errors.png"), note=note)
     params = train.eval_params(final)

@@ -33,7 +33,7 @@ CONFIG_CASES = [
     ("warmup_epochs=soon", "warmup_epochs"),
     ("eval_every=0", "eval_every must be positive"),
     ("width_norm=29", "width_norm must be in [0, 28]"), ("width_norm=-1", "width_norm"),
-    ("width_norm=12.5", "width_norm"),
+    ("width_norm=12.5", "width_norm"), ("deskew=perhaps", "deskew"),
     ("schedule=onecycle --config.warmup_epochs=60", "warmup_epochs"),
     ("seed=1.5", "seed"),
     ("train_size=0", "train_size"), ("train_size=50001", "train_size"),

@@ -426,25 +426,28 @@ def test_fingerprint_names_exactly_the_images_and_labels():
     assert len(prints) == 5
 
 
-def test_width_normalised_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_dir,
-                                                                   monkeypatch):
-    """config.width_norm preprocesses train, validation and test alike; the committee
-    evaluates such a run on width-normalised images (its vote is the run's own test
-    accuracy), which differ from the raw ones the network would otherwise see. The
-    run's errors.png says its images are the width-normalised ones."""
+@pytest.mark.parametrize("how,text", [(dict(width_norm=14), "width-normalised to 14 pixels"),
+                                      (dict(deskew=True), "deskewed")])
+def test_preprocessed_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_dir,
+                                                              monkeypatch, how, text):
+    """config.width_norm and config.deskew preprocess train, validation and test alike;
+    the committee evaluates such a run on images preprocessed the same way (its vote is
+    the run's own test accuracy), which differ from the raw ones the network would
+    otherwise see. The run's errors.png says its images are the preprocessed ones."""
     from mnist_cnn import plots
     notes = []
     monkeypatch.setattr(plots, "errors_grid", lambda *a, **k: notes.append(k.get("note")))
-    s = _tiny_run(tmp_path / "w", width_norm=14, train_size=2000, num_epochs=2,
+    s = _tiny_run(tmp_path / "w", **how, train_size=2000, num_epochs=2,
                   learning_rate=0.1, batch_size=20, plots=True)
-    assert "width-normalised to 14 pixels" in s["data_source"]
-    assert notes and "width-normalised to 14 pixels" in notes[0]
+    assert text in s["data_source"]
+    assert notes and text in notes[0]
     voted = committee.vote_runs([str(tmp_path / "w")], log=lambda *a: None)
     assert voted["members"][0]["test_accuracy"] == pytest.approx(s["final_test_accuracy"])
     config, model, params, _ = committee.load_run(str(tmp_path / "w"))
     test = data.load(data_dir=mnist_dir).test
     accuracy = lambda images: np.mean(committee.member_probabilities(
         model, params, False, images, 500)[0].argmax(-1) == test.labels)
-    assert accuracy(data.width_normalize(test.images, 14)) == pytest.approx(
-        s["final_test_accuracy"])
+    own = (data.width_normalize(test.images, 14) if "width_norm" in how
+           else data.deskew(test.images))
+    assert accuracy(own) == pytest.approx(s["final_test_accuracy"])
     assert accuracy(test.images) != pytest.approx(s["final_test_accuracy"], abs=1e-3)

@@ -1178,17 +1178,102 @@ def test_width_normalize_treats_each_image_alone():
     np.testing.assert_array_equal(batch, one_by_one)
 
 
-def test_width_normalized_dataset_keeps_labels_and_changes_every_split():
+@pytest.mark.parametrize("width,deskewed,text", [
+    (16, False, "width-normalised to 16 pixels"), (0, True, "deskewed"),
+    (12, True, "deskewed, width-normalised to 12 pixels")])
+def test_preprocessed_dataset_keeps_labels_and_changes_every_split(width, deskewed, text):
     images = _blob_digits(9, seed=2)
     labels = np.arange(9, dtype=np.int32)
     split = lambda a, b: data.Split(images[a:b], labels[a:b])
     ds = data.Dataset(split(0, 3), split(3, 6), split(6, 9), "somewhere")
-    assert data.width_normalized(ds, 0) is ds
-    got = data.width_normalized(ds, 16)
+    assert data.preprocessed(ds, 0, False) is ds
+    got = data.preprocessed(ds, width, deskewed)
+    assert got.source == f"somewhere, {text}"
     for before, after in zip((ds.train, ds.validation, ds.test),
                              (got.train, got.validation, got.test)):
         np.testing.assert_array_equal(after.labels, before.labels)
-        np.testing.assert_array_equal(after.images,
-                                      np.asarray(data.width_normalize(before.images, 16)))
+        want = data.deskew(before.images) if deskewed else before.images
+        want = data.width_normalize(want, width) if width else want
+        np.testing.assert_array_equal(after.images, np.asarray(want))
         assert isinstance(after.images, np.ndarray) and after.images.dtype == np.uint8
-    assert "width-normalised to 16" in got.source and got.source.startswith("somewhere")
+
+
+def _deskew_reference(image):
+    """Independent numpy deskewing: moments by explicit sums over the pixels, each row
+    resampled with np.interp on the row padded by one zero each side."""
+    h, w = image.shape
+    im = image.astype(float)
+    mass = im.sum()
+    if mass == 0:
+        return image.copy()
+    pts = [(y, x, im[y, x]) for y in range(h) for x in range(w) if im[y, x]]
+    cy = sum(y * v for y, _, v in pts) / mass
+    cx = sum(x * v for _, x, v in pts) / mass
+    mu11 = sum((y - cy) * (x - cx) * v for y, x, v in pts) / mass
+    mu02 = sum((y - cy) ** 2 * v for y, _, v in pts) / mass
+    alpha = mu11 / mu02 if mu02 > 1e-6 else 0.0
+    out = np.zeros((h, w))
+    for y in range(h):
+        src = np.arange(w) + alpha * (y - cy)
+        out[y] = np.interp(src + 1, np.arange(w + 2), np.pad(im[y], 1), left=0, right=0)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _slanted_digits(n, seed):
+    """_blob_digits sheared by a random slant of up to one pixel per four rows (no ink
+    wraps round or leaves the image)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(_blob_digits(n, seed))
+    for i, im in enumerate(_blob_digits(n, seed)):
+        a = rng.uniform(-0.25, 0.25)
+        for y in range(28):
+            out[i, y] = np.roll(im[y], int(round(a * (y - 14))))
+    return out
+
+
+def test_deskew_matches_a_numpy_reference():
+    images = _slanted_digits(10, seed=4)
+    got = np.asarray(data.deskew(images))
+    want = np.stack([_deskew_reference(im) for im in images])
+    assert got.dtype == np.uint8 and got.shape == images.shape
+    assert np.abs(got.astype(int) - want).max() <= 1     # rounding of float sums
+
+
+def test_deskew_sets_the_slant_to_zero_and_keeps_the_centroid():
+    images = _slanted_digits(40, seed=6)
+    before = np.asarray(data.skew(images))
+    assert np.abs(before).max() > 0.15                  # there was a slant to remove
+    got = np.asarray(data.deskew(images))
+    after = np.asarray(data.skew(got))
+    assert np.abs(after).max() < 0.05 and np.abs(after).mean() < 0.01   # up to rounding
+    centroid = lambda ims: np.stack([
+        (ims * np.arange(28)[None, :, None]).sum((1, 2)),
+        (ims * np.arange(28)[None, None, :]).sum((1, 2))], 1) / ims.sum((1, 2))[:, None]
+    np.testing.assert_allclose(centroid(got.astype(float)),
+                               centroid(images.astype(float)), atol=0.3)
+
+
+def test_deskew_straightens_a_slanted_bar_and_leaves_upright_and_blank_images_alone():
+    bar = np.zeros((1, 28, 28), np.uint8)
+    for y in range(4, 24):                  # one pixel right every two rows up
+        bar[0, y, 14 + (14 - y) // 2] = 255
+    assert float(data.skew(bar)[0]) < -0.4
+    got = np.asarray(data.deskew(bar))[0]
+    ink = got >= 128
+    cols = [np.flatnonzero(row) for row in ink[4:24]]
+    assert all(len(c) for c in cols) and max(c.max() for c in cols) - min(
+        c.min() for c in cols) <= 1         # a vertical stroke, at most 2 pixels wide
+    upright = np.zeros((2, 28, 28), np.uint8)
+    upright[0, 4:24, 12:16] = 200           # symmetric: mu11 = 0 exactly
+    upright[0, 10, 8:20] = 255
+    np.testing.assert_array_equal(np.asarray(data.deskew(upright)), upright)   # [1] blank
+    row = np.zeros((1, 28, 28), np.uint8)
+    row[0, 9, 3:20] = 77                    # ink in one row: no slant to measure
+    np.testing.assert_array_equal(np.asarray(data.deskew(row)), row)
+
+
+def test_deskew_treats_each_image_alone():
+    images = _slanted_digits(6, seed=8)
+    batch = np.asarray(data.deskew(images))
+    one_by_one = np.stack([np.asarray(data.deskew(im[None]))[0] for im in images])
+    np.testing.assert_array_equal(batch, one_by_one)

@@ -169,3 +169,11 @@ def test_modern_pool_variant():
     assert [layer.pool for layer in modern.get_config().layers[:2]] == ["max", "max"]
     with pytest.raises(config_lib.ConfigError, match="pool must be one of"):
         config_lib.validate(modern.get_config("pool=L2"))
+
+
+def test_modern_deskew_variant():
+    """deskew=1 sets config.deskew (train, validation and test deskewed); off by default."""
+    from experiments import modern
+    assert config_lib.validate(modern.get_config("deep=1,k1=7,deskew=1")).deskew is True
+    assert modern.get_config().deskew is False
+    assert config_lib.base_config().deskew is False

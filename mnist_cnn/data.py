@@ -397,28 +397,34 @@ def skew(images):
     """(N,) the slant alpha = mu11 / mu02 of each (N, H, W) image's ink (0 for a blank
     image or ink in one row): how many pixels the ink moves right per row up."""
     import jax.numpy as jnp
-    x = jnp.asarray(images).astype(jnp.float32)
+    return _centroid_row_and_slant(jnp.asarray(images).astype(jnp.float32))[1]
+
+
+def _centroid_row_and_slant(x):
+    """(cy, alpha) of float (N, H, W) images: the ink's centroid row and mu11 / mu02."""
+    import jax.numpy as jnp
     _, h, w = x.shape
     ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
     xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
     mass = x.sum(axis=(1, 2))
     safe = jnp.where(mass > 0, mass, 1.0)
     mean = lambda f: (x * f).sum(axis=(1, 2)) / safe
-    dy = ys - mean(ys)[:, None, None]
+    cy = mean(ys)
+    dy = ys - cy[:, None, None]
     dx = xs - mean(xs)[:, None, None]
     mu11, mu02 = mean(dy * dx), mean(dy * dy)
-    return jnp.where(mu02 > 1e-6, mu11 / jnp.where(mu02 > 1e-6, mu02, 1.0), 0.0)
+    flat = mu02 <= 1e-6                     # blank, or ink in one row: no slant
+    return cy, jnp.where(flat, 0.0, mu11 / jnp.where(flat, 1.0, mu02))
 
 
 def _deskew_impl(images):
     import jax.numpy as jnp
     x = images.astype(jnp.float32)
     _, h, w = x.shape
+    cy, alpha = _centroid_row_and_slant(x)
     ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
     xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
-    mass = x.sum(axis=(1, 2))
-    cy = (x * ys).sum(axis=(1, 2)) / jnp.where(mass > 0, mass, 1.0)
-    src = xs + skew(images)[:, None, None] * (ys - cy[:, None, None])   # (N, H, W)
+    src = xs + alpha[:, None, None] * (ys - cy[:, None, None])   # (N, H, W)
     left = jnp.floor(src)
     frac = src - left
     left = left.astype(jnp.int32)

@@ -45,9 +45,15 @@ def test_every_plan_step_is_a_valid_run_and_votes_name_earlier_runs():
                 assert rule or not any(c.train_on_validation for c in voters), (plan, name)
 
 
-def test_full_plan_trains_each_width_with_seeds_of_its_own():
+def test_full_plan_trains_each_preprocessing_with_seeds_of_its_own():
+    from mnist_cnn import config as config_lib
     steps = [arg for kind, _, arg in gpu_session.PLANS["full"] if kind == "train"]
-    assert [("width=" in exp) for exp, _ in steps] == [w > 0 for w in gpu_session.WIDTHS]
+    configs = [config_lib.validate(gpu_session.run_config(exp, extra))
+               for exp, extra in steps]
+    assert [(c.width_norm, c.deskew) for c in configs] == [
+        (0, False), (0, True), (18, False), (14, False), (16, False), (12, False),
+        (20, False)]
+    assert len(set(gpu_session.PRE_RUNS)) == len(steps) == 7
     seeds = [int(extra[0].split("=")[1]) for _, extra in steps]
     members = 5
     spans = [set(range(s, s + members)) for s in seeds]

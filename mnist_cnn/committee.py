@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 

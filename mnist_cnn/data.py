@@ -395,7 +395,8 @@ def deskew(images):
 
 def skew(images):
     """(N,) the slant alpha = mu11 / mu02 of each (N, H, W) image's ink (0 for a blank
-    image or ink in one row): how many pixels the ink moves right per row up."""
+    image or ink in one row): how many pixels the ink moves right per row down (a digit
+    leaning right, its top right of its foot, has alpha < 0)."""
     import jax.numpy as jnp
     return _centroid_row_and_slant(jnp.asarray(images).astype(jnp.float32))[1]
 

@@ -1223,8 +1223,9 @@ def _slanted_digits(n, seed):
     """_blob_digits sheared by a random slant of up to one pixel per four rows (no ink
     wraps round or leaves the image)."""
     rng = np.random.default_rng(seed)
-    out = np.zeros_like(_blob_digits(n, seed))
-    for i, im in enumerate(_blob_digits(n, seed)):
+    blobs = _blob_digits(n, seed)
+    out = np.zeros_like(blobs)
+    for i, im in enumerate(blobs):
         a = rng.uniform(-0.25, 0.25)
         for y in range(28):
             out[i, y] = np.roll(im[y], int(round(a * (y - 14))))

@@ -200,12 +200,36 @@ def _accuracy(pred, labels) -> float:
     return float(np.mean(np.asarray(pred) == np.asarray(labels)))
 
 
+def wrong_images(pred, labels) -> list[int]:
+    """Pure: the indices of the images whose prediction is not the label."""
+    return np.flatnonzero(np.asarray(pred) != np.asarray(labels)).tolist()
+
+
+def jaccard(a, b) -> float:
+    """Pure: |a & b| / |a | b| of two sets of image indices (1.0 for two empty sets:
+    they are the same)."""
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def mean_jaccard(sets_a, sets_b=None):
+    """Pure: how much two networks' test errors overlap, on average: the mean Jaccard
+    index over every pair of one set from sets_a and one from sets_b, or, with sets_b
+    None, over every unordered pair within sets_a. None when there is no pair."""
+    if sets_b is None:
+        pairs = [(a, b) for i, a in enumerate(sets_a) for b in sets_a[i + 1:]]
+    else:
+        pairs = [(a, b) for a in sets_a for b in sets_b]
+    return float(np.mean([jaccard(a, b) for a, b in pairs])) if pairs else None
+
+
 def member_accuracies(probs_val, probs_test, val_labels, test_labels, names) -> list:
-    """Pure: each network's own validation and test accuracy, and its validation
-    cross-entropy."""
+    """Pure: each network's own validation and test accuracy, its validation
+    cross-entropy, and the test images it gets wrong (test_wrong)."""
     return [dict(name=n, validation_accuracy=_accuracy(pv.argmax(-1), val_labels),
                  test_accuracy=_accuracy(pt.argmax(-1), test_labels),
-                 validation_nll=_nll(np.asarray(pv, np.float64), val_labels))
+                 validation_nll=_nll(np.asarray(pv, np.float64), val_labels),
+                 test_wrong=wrong_images(pt.argmax(-1), test_labels))
             for n, pv, pt in zip(names, probs_val, probs_test)]
 
 
@@ -213,7 +237,9 @@ def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") ->
     """Pure: every member's and both votes' accuracies, and the committee's vote: the
     one with the higher validation accuracy (plurality on a tie) for rule "auto", else
     the named one (fixed in advance). test_wrong_by[k]: how many test images exactly k
-    of the members get wrong (how much the members' errors overlap)."""
+    of the members get wrong, and mean_error_jaccard: the mean Jaccard index of two
+    members' test-error sets (how much the members' errors overlap; None for one
+    member). Every member and vote lists the test images it gets wrong (test_wrong)."""
     out = dict(members=member_accuracies(probs_val, probs_test, val_labels, test_labels,
                                          names))
     votes = {}
@@ -222,13 +248,15 @@ def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") ->
         votes[kind] = dict(validation_accuracy=_accuracy(ensemble.vote(kind, probs_val),
                                                          val_labels),
                            test_accuracy=_accuracy(pred_test, test_labels),
-                           test_errors=int(np.sum(pred_test != np.asarray(test_labels))))
+                           test_errors=int(np.sum(pred_test != np.asarray(test_labels))),
+                           test_wrong=wrong_images(pred_test, test_labels))
     mean_val = np.mean(np.asarray(probs_val, np.float64), axis=0)
     votes["mean_softmax"]["validation_nll"] = _nll(mean_val, val_labels)
     chosen = rule if rule != "auto" else max(
         ensemble.VOTES, key=lambda k: (votes[k]["validation_accuracy"], k == "plurality"))
     wrong = np.sum(np.argmax(probs_test, -1) != np.asarray(test_labels)[None], axis=0)
     out["test_wrong_by"] = np.bincount(wrong, minlength=len(names) + 1).tolist()
+    out["mean_error_jaccard"] = mean_jaccard([m["test_wrong"] for m in out["members"]])
     out.update(votes=votes, chosen_vote=chosen, vote_rule=rule, size=len(names),
                validation_accuracy=votes[chosen]["validation_accuracy"],
                test_accuracy=votes[chosen]["test_accuracy"])
@@ -277,6 +305,9 @@ def markdown(result: dict) -> str:
         by = result["test_wrong_by"]
         lines.append("\ntest images wrong for k of the " f"{result['size']} networks: "
                      + ", ".join(f"k={k}: {n}" for k, n in enumerate(by) if k and n))
+    if result.get("mean_error_jaccard") is not None:
+        lines.append(f"mean Jaccard overlap of two networks' test-error sets: "
+                     f"{result['mean_error_jaccard']:.2f}")
     return "\n".join(lines)
 
 

@@ -39,6 +39,12 @@ def test_tally_counts_votes_by_hand():
     assert got["votes"]["plurality"]["test_errors"] == 1
     # Images 0-3 are wrong for 0, 1 (member 2 says 0), 2 (members 1, 2) and 2 members.
     assert got["test_wrong_by"] == [1, 1, 2, 0]
+    assert [m["test_wrong"] for m in got["members"]] == [[], [2, 3], [1, 2, 3]]
+    assert got["votes"]["plurality"]["test_wrong"] == [2]
+    assert got["votes"]["mean_softmax"]["test_wrong"] == []
+    # Pairs (a, b) and (a, c) share nothing; (b, c) share 2 of 3 images.
+    assert got["mean_error_jaccard"] == pytest.approx((0 + 0 + 2 / 3) / 3)
+    assert "test-error sets: 0.22" in committee.markdown(got)
     assert "wrong for k of the 3 networks: k=1: 1, k=2: 2" in committee.markdown(got)
     assert got["chosen_vote"] == "mean_softmax" and got["test_accuracy"] == 1.0
     assert got["votes"]["mean_softmax"]["validation_nll"] == pytest.approx(
@@ -59,6 +65,27 @@ def test_tally_counts_votes_by_hand():
             assert got["chosen_vote"] == rule and got["test_accuracy"] == acc
             assert got["vote_rule"] == rule
             assert "(chosen in advance)" in committee.markdown(got)
+
+
+def test_mean_jaccard_against_boolean_masks():
+    # Reference: each error set as a boolean mask over 50 images, overlap = AND / OR.
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 50)) < 0.2
+    masks[4] = False                                   # a network with no errors
+    sets = [np.flatnonzero(m).tolist() for m in masks]
+
+    def ref(i, j):
+        union = np.sum(masks[i] | masks[j])
+        return np.sum(masks[i] & masks[j]) / union if union else 1.0
+
+    within = [ref(i, j) for i in range(5) for j in range(i + 1, 5)]
+    assert committee.mean_jaccard(sets) == pytest.approx(np.mean(within))
+    across = [ref(i, j) for i in range(2) for j in range(2, 5)]
+    assert committee.mean_jaccard(sets[:2], sets[2:]) == pytest.approx(np.mean(across))
+    assert committee.jaccard([], []) == 1.0 and committee.jaccard([1], [2]) == 0.0
+    assert committee.mean_jaccard(sets[:1]) is None
+    assert committee.mean_jaccard([], sets) is None
+    assert committee.wrong_images(np.array([3, 1, 4, 1]), [3, 2, 4, 7]) == [1, 3]
 
 
 def _committee_nll(probs, labels, members):

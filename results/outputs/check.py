@@ -1,6 +1,7 @@
 """Revotes every committee recorded in results/*/vote_*.json whose networks are all
 archived here (float16 outputs, --vote_save_precision=float16) and compares the test
-errors of both votes with the record. Needs the MNIST files (MNIST_DATA_DIR).
+errors of both votes with the record (and the very images wrong, for records that list
+them). Needs the MNIST files (MNIST_DATA_DIR).
 
     PYTHONPATH=. python results/outputs/check.py
 """
@@ -27,7 +28,9 @@ def main():
             continue
         got = committee.vote_runs(files, log=lambda *a: None, rule=want["chosen_vote"])
         errs = lambda r: {k: v["test_errors"] for k, v in r["votes"].items()}
-        same = errs(got) == errs(want)
+        same = errs(got) == errs(want) and all(   # the very images, where recorded
+            got["votes"][k]["test_wrong"] == v["test_wrong"]
+            for k, v in want["votes"].items() if "test_wrong" in v)
         bad += not same
         print(f"{name}: {len(files)} networks, recorded {errs(want)}, "
               f"archive {errs(got)}: {'same' if same else 'DIFFERENT'}")

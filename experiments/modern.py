@@ -67,6 +67,9 @@ Sixteenth session: `k1=7,epochs=80` seeds 31, 32: 99.70 / 99.71%; `k1=7,pool=l2`
 33, 34: 99.69 / 99.63%; with the seventeen, 21 networks vote 99.71%.
 Seventeenth session: `k1=7,deskew=1` seeds 41-46: 99.68 / 99.62 / 99.57 / 99.72 / 99.60 /
 99.64%; with the 21, 27 networks vote 99.74% (26 errors).
+Eighteenth session: six more seeds (47-52) 99.56-99.68%; the 33 vote 99.73% (27 errors).
+Nineteenth session: `k1=7,deskew=1,width=W`, widths 14/16/18/12/10/20, seeds 61-66:
+99.68 / 99.66 / 99.66 / 99.64 / 99.57 / 99.59%; with P's 27, 33 networks vote 99.73%.
 """
 
 from experiments import dbl_conv_relu

@@ -223,6 +223,26 @@ def mean_jaccard(sets_a, sets_b=None):
     return float(np.mean([jaccard(a, b) for a, b in pairs])) if pairs else None
 
 
+def group_overlaps(errors: dict, group_of) -> dict:
+    """Pure: the mean Jaccard overlap of two networks' test-error sets for every pair of
+    groups, e.g. how a new block of networks errs against the old ones. errors: network
+    name -> its wrong test images (a vote record's members' test_wrong); group_of: name
+    -> group name. Returns {"A-B": overlap} for each group A and each group B from A on,
+    in order of first appearance ("A-A": within A); a pair with no two networks is left
+    out."""
+    groups = {}
+    for name, wrong in errors.items():
+        groups.setdefault(group_of(name), []).append(wrong)
+    names = list(groups)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            v = mean_jaccard(groups[a], None if a == b else groups[b])
+            if v is not None:
+                out[f"{a}-{b}"] = v
+    return out
+
+
 def member_accuracies(probs_val, probs_test, val_labels, test_labels, names) -> list:
     """Pure: each network's own validation and test accuracy, its validation
     cross-entropy, and the test images it gets wrong (test_wrong)."""

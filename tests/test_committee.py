@@ -88,6 +88,28 @@ def test_mean_jaccard_against_boolean_masks():
     assert committee.wrong_images(np.array([3, 1, 4, 1]), [3, 2, 4, 7]) == [1, 3]
 
 
+def test_group_overlaps_against_boolean_masks():
+    # Reference: every pair of error masks (AND / OR) averaged by hand per group pair.
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 40)) < 0.25
+    group = ["old", "new", "old", "lone", "new", "old"]
+    errors = {f"net{i}": np.flatnonzero(m).tolist() for i, m in enumerate(masks)}
+
+    def ref(i, j):
+        return np.sum(masks[i] & masks[j]) / max(np.sum(masks[i] | masks[j]), 1)
+
+    def mean_over(ga, gb):
+        pairs = [(i, j) for i in range(6) for j in range(6)
+                 if group[i] == ga and group[j] == gb and (ga != gb or i < j)]
+        return np.mean([ref(i, j) for i, j in pairs])
+
+    got = committee.group_overlaps(errors, lambda n: group[int(n[3:])])
+    assert list(got) == ["old-old", "old-new", "old-lone", "new-new", "new-lone"]
+    for key, v in got.items():
+        assert v == pytest.approx(mean_over(*key.split("-"))), key
+    assert committee.group_overlaps({"a": [1]}, lambda n: "g") == {}
+
+
 def _committee_nll(probs, labels, members):
     """Validation cross-entropy of the mean softmax of `members`, image by image."""
     total = 0.0

@@ -28,24 +28,14 @@ def group(name):
     return "dsk6" if "_dsk_s" in name else "M"
 
 
-groups = {}
-for name in errs:
-    groups.setdefault(group(name), []).append(name)
 rw = set(r["votes"]["mean_softmax"]["test_wrong"])
 out = dict(P_errors=len(p), R_errors=len(rw), R_size=r["size"],
            R_plurality_errors=r["votes"]["plurality"]["test_errors"],
            R_fixed_of_P=sorted(p - rw), R_new_errors=sorted(rw - p),
            R_wrong_images=sorted(rw), R_test_wrong_by=r["test_wrong_by"],
-           networks={n: dict(errors=len(errs[n]), right_on_P_errors=len(p - set(errs[n])))
-                     for n in groups.get("dw", [])},
-           mean_error_jaccard={})
-names = list(groups)
-for i, a in enumerate(names):
-    for b in names[i:]:
-        sets_a = [errs[n] for n in groups[a]]
-        v = committee.mean_jaccard(sets_a, None if a == b else [errs[n] for n in groups[b]])
-        if v is not None:
-            out["mean_error_jaccard"][f"{a}-{b}"] = v
+           networks={n: dict(errors=len(e), right_on_P_errors=len(p - set(e)))
+                     for n, e in errs.items() if group(n) == "dw"},
+           mean_error_jaccard=committee.group_overlaps(errs, group))
 if os.path.exists(f"{R}/vote_DW.json"):
     with open(f"{R}/vote_DW.json") as f:
         d = json.load(f)

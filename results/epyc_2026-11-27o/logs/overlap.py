@@ -26,24 +26,14 @@ def group(name):
     return "dsk6" if int(name.rsplit("_s", 1)[1]) <= 46 else "dsk_new"
 
 
-groups = {}
-for name in errs:
-    groups.setdefault(group(name), []).append(name)
 qw = set(q["votes"]["mean_softmax"]["test_wrong"])
 out = dict(P_errors=len(p), Q_errors=len(qw), Q_size=q["size"],
            Q_plurality_errors=q["votes"]["plurality"]["test_errors"],
            Q_fixed_of_P=sorted(p - qw), Q_new_errors=sorted(qw - p),
            Q_wrong_images=sorted(qw), Q_test_wrong_by=q["test_wrong_by"],
-           networks={n: dict(errors=len(errs[n]), right_on_P_errors=len(p - set(errs[n])))
-                     for n in groups.get("dsk_new", [])},
-           mean_error_jaccard={})
-names = list(groups)
-for i, a in enumerate(names):
-    for b in names[i:]:
-        sets_a = [errs[n] for n in groups[a]]
-        v = committee.mean_jaccard(sets_a, None if a == b else [errs[n] for n in groups[b]])
-        if v is not None:
-            out["mean_error_jaccard"][f"{a}-{b}"] = v
+           networks={n: dict(errors=len(e), right_on_P_errors=len(p - set(e)))
+                     for n, e in errs.items() if group(n) == "dsk_new"},
+           mean_error_jaccard=committee.group_overlaps(errs, group))
 if os.path.exists(f"{R}/vote_D12.json"):
     with open(f"{R}/vote_D12.json") as f:
         d = json.load(f)

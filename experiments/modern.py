@@ -73,7 +73,7 @@ Nineteenth session: `k1=7,deskew=1,width=W`, widths 14/16/18/12/10/20, seeds 61-
 """
 
 from experiments import dbl_conv_relu
-from mnist_cnn.config import conv_pool, fc, parse_variant, softmax
+from mnist_cnn.config import ConfigError, conv_pool, fc, parse_variant, softmax
 
 BOOK_ACCURACY = None
 MEASURED = 99.57
@@ -99,10 +99,14 @@ def get_config(arg=""):
     v = parse_variant(arg, epochs=40, members=1, vote="plurality", fc=1024, p=0.5, rot=0.0,
                       zoom=0.0, bn=0, deep=0, tta=0, elastic=0.0, esigma=4.0,
                       ema=0.0, trainval=0, width=0, ttarot=0.0, ttazoom=0.0, k1=5,
-                      pool="max", deskew=0)
+                      pool="max", deskew=0, allconv=0)
     c = recipe(dbl_conv_relu.get_config(), v["epochs"], learning_rate=0.05, warmup_epochs=2.0)
     c.name = "modern" if v["members"] == 1 else f"modern_ens{v['members']}"
     bn = bool(v["bn"])
+    if v["allconv"] and v["deep"]:
+        raise ConfigError("modern: deep=1 and allconv=1 are two different networks; pick one")
+    if v["allconv"]:
+        return _allconv(c, v)
     if v["deep"]:   # two convs a stage: 5x5, 3x3 + pool; 3x3, 3x3 + pool
         convs = (conv_pool(32, kernel=v["k1"], activation="relu", pool="none", batch_norm=bn),
                  conv_pool(32, kernel=3, activation="relu", pool=v["pool"], batch_norm=bn),
@@ -113,6 +117,34 @@ def get_config(arg=""):
                  conv_pool(64, activation="relu", pool=v["pool"], batch_norm=bn))
     c.layers = convs + (
                 fc(v["fc"], activation="relu", dropout=v["p"]), softmax(10, dropout=v["p"]))
+    return _common(c, v)
+
+
+def _allconv(c, v):
+    """No pooling and no FC layer: 3x3, 3x3 and a 5x5 stride-2 conv (SAME) per stage,
+    32 then 64 maps, a 4x4 conv to 128 maps, softmax (28 -> 26 -> 24 -> 12 -> 10 -> 8 ->
+    4 -> 1); batch norm in every conv when bn=1; dropout p on the softmax inputs. Strided
+    convolutions in place of pooling follow Springenberg et al. 2015 ("Striving for
+    simplicity: the all convolutional net"); the layer sizes are those of a widely used
+    Kaggle MNIST network (C. Deotte, 2018)."""
+    if v["k1"] != 5 or v["pool"] != "max" or v["fc"] != 1024:
+        raise ConfigError("modern: allconv=1 has no pooling, no FC layer and 3x3 first "
+                          "kernels; drop k1=, pool= and fc= from the variant")
+    bn = bool(v["bn"])
+    relu = dict(activation="relu", pool="none", batch_norm=bn)
+    c.layers = (conv_pool(32, kernel=3, **relu),
+                conv_pool(32, kernel=3, **relu),
+                conv_pool(32, kernel=5, stride=2, padding="SAME", **relu),
+                conv_pool(64, kernel=3, **relu),
+                conv_pool(64, kernel=3, **relu),
+                conv_pool(64, kernel=5, stride=2, padding="SAME", **relu),
+                conv_pool(128, kernel=4, **relu),
+                softmax(10, dropout=v["p"]))
+    return _common(c, v)
+
+
+def _common(c, v):
+    """The settings every modern network shares: augmentation, evaluation, members."""
     c.dropout_mode = "inverted"
     c.augment_shift = 2
     c.augment_rotate = v["rot"]

@@ -177,3 +177,54 @@ def test_modern_deskew_variant():
     assert config_lib.validate(modern.get_config("deep=1,k1=7,deskew=1")).deskew is True
     assert modern.get_config().deskew is False
     assert config_lib.base_config().deskew is False
+
+
+def test_modern_allconv_variant_forward_matches_numpy():
+    """allconv=1: seven convs (3x3, 3x3, 5x5 stride 2 SAME; again with 64 maps; 4x4 to
+    128), no pooling, no FC layer, softmax. The evaluation forward pass (batch norm with
+    its stored moments) equals a numpy loop composition with SAME padding written out
+    by hand (TensorFlow's convention: 24 -> 12 pads 1 above, 2 below; 8 -> 4 likewise)."""
+    from experiments import modern
+    c = config_lib.validate(modern.get_config("allconv=1,bn=1,p=0.4"))
+    assert [l.kind for l in c.layers] == ["conv_pool"] * 7 + ["softmax"]
+    assert {l.pool for l in c.layers[:7]} == {"none"}
+    model = networks.from_config(c)
+    rng = np.random.default_rng(1)
+    shapes_in = [(3, 1, 32), (3, 32, 32), (5, 32, 32), (3, 32, 64), (3, 64, 64), (5, 64, 64),
+                 (4, 64, 128)]
+    p = {f"layer{i}_conv": dict(w=rng.normal(0, (2 / (k * k * ci)) ** 0.5, (k, k, ci, co)),
+                                b=rng.normal(0, 0.1, co), g=rng.uniform(0.5, 1.5, co),
+                                bn_mean=rng.normal(0, 0.1, co), bn_var=rng.uniform(0.5, 2, co))
+         for i, (k, ci, co) in enumerate(shapes_in)}
+    p["layer7_softmax"] = dict(w=rng.normal(0, 0.1, (128, 10)), b=rng.normal(0, 0.1, 10))
+    p = jax.tree.map(lambda v: np.asarray(v, np.float32), p)
+    params = jax.tree.map(jnp.asarray, p)   # the shapes the model asks for, or apply fails
+    x = rng.uniform(size=(1, 28, 28, 1)).astype(np.float32)
+    same = ((1, 2), (1, 2))
+    steps = [(1, None), (1, None), (2, same), (1, None), (1, None), (2, same), (1, None)]
+    h = x.astype(np.float64)
+    sides = []
+    for i, (stride, pads) in enumerate(steps):
+        q = p[f"layer{i}_conv"]
+        h = conv_ref(h, q["w"], (stride, stride), pads or ((0, 0), (0, 0)))
+        h = (h - q["bn_mean"]) * q["g"] / np.sqrt(q["bn_var"] + networks.BN_EPS) + q["b"]
+        h = np.maximum(h, 0.0)
+        sides.append(h.shape[1])
+    assert sides == [26, 24, 12, 10, 8, 4, 1] and h.shape[-1] == 128
+    q = p["layer7_softmax"]
+    want = h.reshape(1, -1) @ q["w"] + q["b"]   # inverted dropout: no scaling at evaluation
+    got = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    forward, _ = networks.model_flops(c.layers)
+    hand = 2 * (26 * 26 * 9 * 32 + 24 * 24 * 9 * 32 * 32 + 12 * 12 * 25 * 32 * 32
+                + 10 * 10 * 9 * 32 * 64 + 8 * 8 * 9 * 64 * 64 + 4 * 4 * 25 * 64 * 64
+                + 16 * 64 * 128 + 128 * 10)
+    assert forward == hand
+
+
+def test_modern_allconv_variant_rejects_options_it_has_no_place_for():
+    from experiments import modern
+    for arg in ("allconv=1,deep=1", "allconv=1,k1=7", "allconv=1,pool=l2", "allconv=1,fc=256"):
+        with pytest.raises(config_lib.ConfigError, match="allconv=1"):
+            modern.get_config(arg)
+    assert modern.get_config("allconv=1,deskew=1").deskew is True

@@ -50,10 +50,16 @@ def test_full_plan_trains_each_preprocessing_with_seeds_of_its_own():
     steps = [arg for kind, _, arg in gpu_session.PLANS["full"] if kind == "train"]
     configs = [config_lib.validate(gpu_session.run_config(exp, extra))
                for exp, extra in steps]
-    assert [(c.width_norm, c.deskew) for c in configs] == [
+    # First the two all-convolutional ensembles (original and deskewed digits), then the
+    # four-conv network's seven preprocessings.
+    assert [c.layers[-2].kind == "conv_pool" for c in configs] == [True] * 2 + [False] * 7
+    assert [(c.width_norm, c.deskew) for c in configs] == [(0, False), (0, True)] + [
         (0, False), (0, True), (18, False), (14, False), (16, False), (12, False),
         (20, False)]
-    assert len(set(gpu_session.PRE_RUNS)) == len(steps) == 7
+    assert all(c.num_members == 5 and c.train_on_validation for c in configs)
+    assert len(set(gpu_session.PRE_RUNS)) == len(steps) - 2 == 7
+    # Every seed of this plan is new: none of the CPU sessions' seeds (0-74).
+    assert min(int(extra[0].split("=")[1]) for _, extra in steps) > 74
     seeds = [int(extra[0].split("=")[1]) for _, extra in steps]
     members = 5
     spans = [set(range(s, s + members)) for s in seeds]

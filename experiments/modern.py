@@ -109,11 +109,11 @@ def get_config(arg=""):
                       pool="max", deskew=0, allconv=0)
     c = recipe(dbl_conv_relu.get_config(), v["epochs"], learning_rate=0.05, warmup_epochs=2.0)
     c.name = "modern" if v["members"] == 1 else f"modern_ens{v['members']}"
-    bn = bool(v["bn"])
     if v["allconv"] and v["deep"]:
         raise ConfigError("modern: deep=1 and allconv=1 are two different networks; pick one")
     if v["allconv"]:
         return _allconv(c, v)
+    bn = bool(v["bn"])
     if v["deep"]:   # two convs a stage: 5x5, 3x3 + pool; 3x3, 3x3 + pool
         convs = (conv_pool(32, kernel=v["k1"], activation="relu", pool="none", batch_norm=bn),
                  conv_pool(32, kernel=3, activation="relu", pool=v["pool"], batch_norm=bn),

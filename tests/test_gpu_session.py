@@ -58,9 +58,8 @@ def test_full_plan_trains_each_preprocessing_with_seeds_of_its_own():
         (20, False)]
     assert all(c.num_members == 5 and c.train_on_validation for c in configs)
     assert len(set(gpu_session.PRE_RUNS)) == len(steps) - 2 == 7
-    # Every seed of this plan is new: none of the CPU sessions' seeds (0-74).
-    assert min(int(extra[0].split("=")[1]) for _, extra in steps) > 74
     seeds = [int(extra[0].split("=")[1]) for _, extra in steps]
+    assert min(seeds) > 74   # every seed of this plan is new: the CPU sessions used 0-74
     members = 5
     spans = [set(range(s, s + members)) for s in seeds]
     assert all(not (a & b) for i, a in enumerate(spans) for b in spans[i + 1:])

@@ -60,7 +60,7 @@ PREPROCESSINGS = {"deep_tv_orig_ens5": "", "deep_tv_dsk_ens5": "deskew=1",
                   **{f"deep_tv_w{w}_ens5": f"width={w}" for w in (18, 14, 16, 12, 20)}}
 PRE_RUNS = list(PREPROCESSINGS)
 # The all-convolutional family (modern.py allconv=1) that took a CPU committee to 99.75%
-# (results/epyc_2026-11-27z): a fresh committee of it alone, five members on the
+# (results/2026-11-27-allconv-committee): a fresh committee of it alone, five members on the
 # original and five on deskewed digits, seeds never used before, named here before it
 # trains: the confirmation that result lacks (its levers were chosen across sessions
 # that had seen the test results).
@@ -75,7 +75,7 @@ PLANS = {
     # on 60,000 images sat at 99.69-99.72% over seeds, widths (Ciresan et al.'s
     # preprocessing), first-conv kernels, longer training and L2 pooling: the members
     # err on the same images. Deskewed members erred differently and moved 27 networks
-    # to 99.74% (results/epyc_2026-11-27n). Here: five vmapped members at each of seven
+    # to 99.74% (results/2026-11-27-deskewed-committee-p). Here: five vmapped members at each of seven
     # preprocessings, most wanted first; the committees of the first two, four and
     # seven ensembles are fixed in advance, and the largest whose runs all finished
     # answers (a stage votes only finished runs). First, since the twentieth session's

@@ -1,0 +1,32 @@
+#!/bin/bash
+# The committees fixed in the plan, once both queues are done or at 01:25 UTC (a
+# network still training then is stopped and does not join).
+cd /work/main
+export MNIST_DATA_DIR=/work/shared/data/mnist
+P=/work/main/.venv/bin/python
+R=results/2026-11-27-allconv-committee
+L=$R/logs
+until { grep -q "core0 done" $L/chain.log && grep -q "core1 done" $L/chain.log; } || { [ $(date -u +%H%M) -ge 0125 ] && [ $(date -u +%H%M) -lt 1200 ]; }; do sleep 20; done
+if ! { grep -q "core0 done" $L/chain.log && grep -q "core1 done" $L/chain.log; }; then
+  echo "cut-off 01:25 reached; stopping what still trains $(date -u +%T)" >> $L/chain.log
+  pkill -f "core.sh"; pkill -f "workdir=runs/modern_allconv"; sleep 5
+fi
+# P, the seventeenth session's committee: M's 21 networks and the six deskewed ones.
+PC=""
+for n in s1 s2 s3 s4 s5 s6 w14_s7 w18_s8 w12_s9 w16_s10 k3_s21 k3_s23 k7_s22 k7_s24 k7_s26 k7_e80_s31 k7_e80_s32 k7_l2_s33 k7_l2_s34; do PC="$PC runs/outputs/modern_deep_el36_tv_$n.npz"; done
+for n in w10_s11 w20_s12; do PC="$PC runs/outputs/tta_A/modern_deep_el36_tv_$n.npz"; done
+for s in 41 42 43 44 45 46; do PC="$PC runs/outputs/modern_deep_el36_tv_k7_dsk_s$s.npz"; done
+NEW=""
+for N in modern_allconv_el36_tv_s71 modern_allconv_el36_tv_s72 modern_allconv_el36_tv_dsk_s73 modern_allconv_el36_tv_dsk_s74; do
+  grep -q "$N outputs rc=0" $L/chain.log && NEW="$NEW runs/outputs/$N.npz"
+done
+echo "new members:$NEW" >> $L/chain.log
+csv() { echo $* | tr ' ' ','; }
+vote() {  # vote NAME FILES...
+  local name=$1; shift
+  $P run.py --mode=vote --vote_rule=mean_softmax --vote_runs=$(csv "$@") --vote_out=$R/vote_$name.json > $L/vote_$name.log 2>&1
+  echo "vote $name rc=$? $(date -u +%T)" >> $L/chain.log
+}
+vote S $PC $NEW
+vote AC $NEW
+echo "votes done $(date -u +%T)" >> $L/chain.log

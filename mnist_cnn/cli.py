@@ -13,7 +13,7 @@ import os
 import sys
 
 from mnist_cnn import config as config_lib
-from mnist_cnn import committee, data, driver, parallel
+from mnist_cnn import committee, committee_config, data, driver, parallel
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
 USER_ERRORS = (config_lib.ConfigError, data.DataError, driver.RunError,
@@ -176,6 +176,10 @@ def main(flags) -> int:
         sys.stderr.write("error: --config is required, e.g. --config=experiments/"
                          "dbl_conv_relu.py (python run.py --list shows them all)\n")
         return 2
+    if committee_config.is_committee(flags.config):
+        sys.stderr.write("error: --config names a committee file: vote it with "
+                         "--mode=vote\n")
+        return 2
     if flags.mode == "benchmark":
         return benchmark(flags)
     if not flags.workdir:
@@ -186,16 +190,37 @@ def main(flags) -> int:
     return _exit_code(train_one, flags)
 
 
-def vote(flags) -> int:
-    """--mode=vote: a committee of finished runs (mnist_cnn/committee.py)."""
+def _vote_plan(flags):
+    """(networks to vote, vote_runs keyword arguments) from --vote_runs and the vote
+    flags, or from a committee file given as --config (its members' saved outputs, its
+    rule and views, which the flags may not change)."""
     own = lambda v: None if v < 0 else v   # negative: each run's own setting
-    result = committee.vote_runs(flags.vote_runs, log=lambda m: print(m, file=sys.stderr),
-                                 eval_shifts=own(flags.vote_eval_shifts),
-                                 eval_rotate=own(flags.vote_eval_rotate),
-                                 eval_zoom=own(flags.vote_eval_zoom),
-                                 select=flags.vote_select, rule=flags.vote_rule,
+    if not committee_config.is_committee(flags.config):
+        if flags.config is not None:
+            raise config_lib.ConfigError("--mode=vote takes --vote_runs, or a committee "
+                                         "file as --config (experiments/committees/)")
+        return flags.vote_runs, dict(
+            eval_shifts=own(flags.vote_eval_shifts), eval_rotate=own(flags.vote_eval_rotate),
+            eval_zoom=own(flags.vote_eval_zoom), select=flags.vote_select,
+            rule=flags.vote_rule)
+    fixed = [f"--{name}" for name in ("vote_runs", "vote_rule", "vote_select",
+                                      "vote_eval_shifts", "vote_eval_rotate",
+                                      "vote_eval_zoom") if flags[name].present]
+    if fixed:
+        raise config_lib.ConfigError(f"{', '.join(fixed)}: the committee file fixes its "
+                                     f"members, rule and views; drop the flag")
+    c = committee_config.validate(flags.config)
+    return committee_config.outputs_paths(c), dict(
+        eval_shifts=c.eval_shifts, eval_rotate=c.eval_rotate, eval_zoom=c.eval_zoom,
+        select="all", rule=c.rule)
+
+
+def vote(flags) -> int:
+    """--mode=vote: a committee of finished runs or saved outputs (mnist_cnn/committee.py)."""
+    runs, how = _vote_plan(flags)
+    result = committee.vote_runs(runs, log=lambda m: print(m, file=sys.stderr),
                                  outputs_path=flags.vote_save_outputs,
-                                 outputs_precision=flags.vote_save_precision)
+                                 outputs_precision=flags.vote_save_precision, **how)
     print(committee.markdown(result))
     driver.write_json_atomic(flags.vote_out, result)
     print(f"\nwrote {flags.vote_out}"

@@ -39,12 +39,17 @@ def softmax(features=10, dropout=0.0):
     return ml_collections.ConfigDict(dict(kind="softmax", features=features, dropout=dropout))
 
 
-def parse_variant(arg, **defaults):
+def parse_variant(arg, renamed=None, **defaults):
     """'n=300,p=0.5' -> dict, each value cast to its default's type; for experiment
-    variants such as --config=experiments/expanded_data.py:n=300."""
+    variants such as --config=experiments/expanded_data.py:n=300. Variants change a
+    network's structure; renamed maps a key that only set config fields to the flags
+    that set them ('--config.augment_rotate={v}'), for the error to suggest."""
     out = dict(defaults)
     for part in filter(None, (arg or "").split(",")):
         key, sep, value = part.partition("=")
+        if key in (renamed or {}):
+            raise ConfigError(f"variant {key}= only sets config fields: write "
+                              f"{renamed[key].format(v=value or 'V')} instead")
         if not sep or key not in defaults:
             raise ConfigError(f"bad variant {part!r}; this experiment takes "
                               f"{', '.join(f'{k}=' for k in defaults)}")

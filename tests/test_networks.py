@@ -1,6 +1,7 @@
 """Networks built from configs: shapes, network3 initialisation, forward vs numpy."""
 
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +128,7 @@ def test_chapter_end_experiments_have_the_books_settings(name, arg, fc_sizes, dr
 
 def test_modern_batch_norm_variant():
     from experiments import modern
-    c = config_lib.validate(modern.get_config("bn=1,epochs=3"))
+    c = config_lib.validate(modern.get_config("bn=1"))
     assert [layer.get("batch_norm", False) for layer in c.layers] == [True, True, False,
                                                                       False]
     params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(0))
@@ -171,12 +172,34 @@ def test_modern_pool_variant():
         config_lib.validate(modern.get_config("pool=L2"))
 
 
-def test_modern_deskew_variant():
-    """deskew=1 sets config.deskew (train, validation and test deskewed); off by default."""
+def test_modern_variants_that_only_set_fields_name_the_flag_instead():
+    """Variants change structure; a key that only set config fields (rot=, tta=,
+    deskew=, ...) is refused with the --config.FIELD=V flag that does it."""
     from experiments import modern
-    assert config_lib.validate(modern.get_config("deep=1,k1=7,deskew=1")).deskew is True
+    for arg, flag in (("rot=10", "--config.augment_rotate=10"),
+                      ("deskew=1", "--config.deskew=True"),
+                      ("tta=1", "--config.eval_shifts=1"),
+                      ("epochs=80", "--config.num_epochs=80")):
+        with pytest.raises(config_lib.ConfigError, match=re.escape(flag)):
+            modern.get_config(f"deep=1,{arg}")
     assert modern.get_config().deskew is False
     assert config_lib.base_config().deskew is False
+
+
+def test_named_recipes_are_modern_variants_with_their_fields():
+    """four_conv_elastic and allconv are modern's deep and allconv networks with the
+    elastic recipe, retrained on 60,000 images; allconv trains 25 epochs, dropout 0.4."""
+    from experiments import allconv, four_conv_elastic, modern
+    deep, ac = four_conv_elastic.get_config(), allconv.get_config()
+    assert [l.to_dict() for l in deep.layers] == [
+        l.to_dict() for l in modern.get_config("deep=1,bn=1").layers]
+    for c in (deep, ac):
+        config_lib.validate(c)
+        assert (c.augment_rotate, c.augment_scale, c.augment_elastic,
+                c.augment_elastic_sigma, c.eval_shifts) == (10, 0.1, 36, 6, 1)
+        assert c.train_on_validation and c.batch_size == 128 and c.augment_shift == 2
+    assert deep.num_epochs == 40 and ac.num_epochs == 25
+    assert ac.layers[-1].dropout == 0.4 and len(ac.layers) == 8
 
 
 def test_modern_allconv_variant_forward_matches_numpy():
@@ -185,7 +208,7 @@ def test_modern_allconv_variant_forward_matches_numpy():
     its stored moments) equals a numpy loop composition with SAME padding written out
     by hand (TensorFlow's convention: 24 -> 12 pads 1 above, 2 below; 8 -> 4 likewise)."""
     from experiments import modern
-    c = config_lib.validate(modern.get_config("allconv=1,bn=1,p=0.4"))
+    c = config_lib.validate(modern.get_config("allconv=1,bn=1"))
     assert [l.kind for l in c.layers] == ["conv_pool"] * 7 + ["softmax"]
     assert {l.pool for l in c.layers[:7]} == {"none"}
     model = networks.from_config(c)
@@ -227,4 +250,4 @@ def test_modern_allconv_variant_rejects_options_it_has_no_place_for():
     for arg in ("allconv=1,deep=1", "allconv=1,k1=7", "allconv=1,pool=l2", "allconv=1,fc=256"):
         with pytest.raises(config_lib.ConfigError, match="allconv=1"):
             modern.get_config(arg)
-    assert modern.get_config("allconv=1,deskew=1").deskew is True
+    assert modern.get_config("allconv=1").layers[-1].dropout == 0.5

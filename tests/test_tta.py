@@ -186,8 +186,8 @@ def test_run_reports_accuracy_with_rotated_and_zoomed_views(tmp_path, mnist_dir)
     own setting and reports another without the warped views."""
     from experiments import modern
     from mnist_cnn import data
-    c = modern.get_config("fc=16,bn=1,tta=1,ttarot=5,ttazoom=0.1")
-    c.update(dict(num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30,
+    c = modern.get_config("fc=16,bn=1")
+    c.update(dict(eval_shifts=1, eval_rotate=5.0, eval_zoom=0.1, num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30,
                   plots=False, bn_calibration_images=200))
     c.layers[0].features, c.layers[1].features = 4, 8
     summary = driver.run(c, str(tmp_path / "r"), log=lambda *a: None)

@@ -1,9 +1,9 @@
-"""Every GPU measurement of a session, in one script with one deadline.
+"""Every GPU measurement in one script with one deadline.
 
-A lent GPU machine comes with a small, fixed budget of device time, so the measurements
-are prepared here, tested on the CPU with --plan=smoke, and run once on the GPU:
+Time on a GPU machine often comes as a small, fixed budget, so the measurements are
+prepared here, tested on the CPU with --plan=smoke, and run once on the GPU:
 
-    python benchmarks/gpu_session.py --out=OUT --budget=570 [--data_dir=DIR]
+    python benchmarks/gpu_plan.py --out=OUT --budget=570 [--data_dir=DIR]
 
 Steps, in the plan's order (most wanted first), each a subprocess of run.py with its
 own time limit inside the budget, after an environment check (device, driver and
@@ -19,7 +19,7 @@ package versions; under --plan=full the run stops there if jax sees no GPU):
   one of them finished (wrote summary.json);
 - speedrun: experiments/speedrun.py, end-to-end wall time.
 
-`--only=a,b` runs just the named steps: a second call on the same lent machine takes
+`--only=a,b` runs just the named steps: a second call on the same machine takes
 what the first left.
 
 What comes back in OUT: log.txt (everything every stage printed), the bench and vote
@@ -39,7 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each plan is an ordered list of steps, most wanted first, each with a name that
-# --only can pick (a second call on the same lent machine runs what the first left):
+# --only can pick (a second call on the same machine runs what the first left):
 #   ("bench", name, sweep)    run.py --mode=benchmark on dbl_conv_relu
 #   ("speedrun", name, (seed, extra flags))  experiments/speedrun.py end to end
 #   ("train", name, (experiment, extra flags))  a whole run, stopped early when its
@@ -48,46 +48,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #                             committee of every network they trained), OUT/name.json;
 #                             rule: --vote_rule (None: auto, chosen on validation;
 #                             runs trained on the validation images need a fixed one)
-# The four-conv-layer elastic recipe retrained on all 60,000 images, K members vmapped,
-# voting by the mean softmax (fixed: validation was trained on).
-DEEP_TV = ("modern.py:deep=1,bn=1,rot=10,zoom=0.1,elastic=36,esigma=6,tta=1,trainval=1,"
-           "vote=mean_softmax,members=5")
+# The four-conv-layer elastic recipe retrained on all 60,000 images, five members
+# vmapped, voting by the mean softmax (fixed: validation was trained on).
+ENS5 = ["--config.num_members=5", "--config.vote=mean_softmax"]
 # The committee preprocessings, in the order they are trained here: the original
 # images, deskewed (Meier et al. 2011; the one preprocessing that moved a CPU committee,
-# seventeenth session), then Ciresan et al. (2012)'s widths. Each ensemble gets seeds
-# of its own: seven ensembles of five, Ciresan et al.'s 35 columns.
-PREPROCESSINGS = {"deep_tv_orig_ens5": "", "deep_tv_dsk_ens5": "deskew=1",
-                  **{f"deep_tv_w{w}_ens5": f"width={w}" for w in (18, 14, 16, 12, 20)}}
+# results/2026-11-27-deskewed-committee-p), then Ciresan et al. (2012)'s widths. Each
+# ensemble gets seeds of its own: seven ensembles of five, Ciresan et al.'s 35 columns.
+PREPROCESSINGS = {"deep_tv_orig_ens5": [], "deep_tv_dsk_ens5": ["--config.deskew=True"],
+                  **{f"deep_tv_w{w}_ens5": [f"--config.width_norm={w}"]
+                     for w in (18, 14, 16, 12, 20)}}
 PRE_RUNS = list(PREPROCESSINGS)
-# The all-convolutional family (modern.py allconv=1) that took a CPU committee to 99.75%
-# (results/2026-11-27-allconv-committee): a fresh committee of it alone, five members on the
-# original and five on deskewed digits, seeds never used before, named here before it
-# trains: the confirmation that result lacks (its levers were chosen across sessions
-# that had seen the test results).
-ALLCONV_TV = ("modern.py:allconv=1,bn=1,p=0.4,rot=10,zoom=0.1,elastic=36,esigma=6,tta=1,"
-              "trainval=1,epochs=25,vote=mean_softmax,members=5")
-ALLCONV = {"allconv_tv_ens5": ("", 900), "allconv_tv_dsk_ens5": (",deskew=1", 1000)}
+# The all-convolutional network (experiments/allconv.py), whose four CPU-trained
+# networks took a committee to 99.75% (results/2026-11-27-allconv-committee): a fresh
+# committee of it alone, five members on the original and five on deskewed digits,
+# seeds no run has used, named here before it trains.
+ALLCONV = {"allconv_tv_ens5": ([], 900), "allconv_tv_dsk_ens5": (["--config.deskew=True"], 1000)}
 
 PLANS = {
-    # Sessions so far measured every row of the book's table (H200, H100 and CPU), the
-    # H100/H200 benchmark tables and the speedrun. Left for issue 4: a committee at or
-    # above 99.75%. On the CPU, committees of the four-conv-layer elastic recipe retrained
-    # on 60,000 images sat at 99.69-99.72% over seeds, widths (Ciresan et al.'s
-    # preprocessing), first-conv kernels, longer training and L2 pooling: the members
-    # err on the same images. Deskewed members erred differently and moved 27 networks
-    # to 99.74% (results/2026-11-27-deskewed-committee-p). Here: five vmapped members at each of seven
-    # preprocessings, most wanted first; the committees of the first two, four and
-    # seven ensembles are fixed in advance, and the largest whose runs all finished
-    # answers (a stage votes only finished runs). First, since the twentieth session's
-    # 99.75% (four all-convolutional networks joining that committee): ten fresh
-    # all-convolutional members and their committee, fixed in advance.
+    # Most wanted first: ten fresh all-convolutional members and their committee, fixed
+    # in advance; then five vmapped four-conv members at each of seven preprocessings,
+    # whose committees of the first two, four and seven ensembles are fixed in advance
+    # (a vote runs only over finished runs); then two speedrun seeds.
     "full": [
-        *[("train", name, (ALLCONV_TV + p, [f"--config.seed={seed}"]))
-          for name, (p, seed) in ALLCONV.items()],
+        *[("train", name, ("allconv.py", [f"--config.seed={seed}", *ENS5, *extra]))
+          for name, (extra, seed) in ALLCONV.items()],
         ("vote", "vote_ac10", (list(ALLCONV), "mean_softmax")),
-        *[("train", name, (DEEP_TV + (f",{p}" if p else ""),
-                           [f"--config.seed={100 * (i + 2)}"]))
-          for i, (name, p) in enumerate(PREPROCESSINGS.items())],
+        *[("train", name, ("four_conv_elastic.py",
+                           [f"--config.seed={100 * (i + 2)}", *ENS5, *extra]))
+          for i, (name, extra) in enumerate(PREPROCESSINGS.items())],
         ("vote", "vote_p2", (PRE_RUNS[:2], "mean_softmax")),
         ("vote", "vote_p4", (PRE_RUNS[:4], "mean_softmax")),
         ("vote", "vote_p7", (PRE_RUNS, "mean_softmax")),
@@ -101,16 +90,18 @@ PLANS = {
                                      "--config.plots=True"])),
         ("bench", "bench_f32", dict(batch_sizes="10,128", conv_impls="patches",
                                     dtypes="float32", bench_images=1280, limit=120)),
-        ("train", "modern_1", ("modern.py:members=2,epochs=3,rot=10,zoom=0.1,bn=1,"
-                               "trainval=1,vote=mean_softmax",
-                               ["--config.train_size=256"])),
+        ("train", "modern_1", ("modern.py:members=2,bn=1",
+                               ["--config.num_epochs=3", "--config.augment_rotate=10.0",
+                                "--config.augment_scale=0.1",
+                                "--config.train_on_validation=True",
+                                "--config.vote=mean_softmax", "--config.train_size=256"])),
         ("vote", "vote_both", (["book_ensemble", "modern_1"], "mean_softmax")),
         ("speedrun", "speedrun_seed0", (0, ["--config.train_size=256"])),
     ],
 }
 
 
-class Session:
+class Runner:
     def __init__(self, out, budget, data_dir, runs_dir):
         self.out, self.t0 = out, time.time()
         self.deadline = self.t0 + budget
@@ -301,7 +292,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=570)
     ap.add_argument("--data_dir", default="")
-    ap.add_argument("--runs_dir", default="/tmp/gpu_session_runs",
+    ap.add_argument("--runs_dir", default="/tmp/gpu_plan_runs",
                     help="where runs (checkpoints included) are written; outside OUT so "
                          "a second call on the same machine finds them")
     ap.add_argument("--plan", choices=sorted(PLANS), default="full")
@@ -312,7 +303,7 @@ def main():
     unknown = sorted(set(only) - {name for _, name, _ in steps})
     if unknown:
         ap.error(f"--only names steps not in plan {a.plan!r}: {', '.join(unknown)}")
-    s = Session(a.out, a.budget, a.data_dir, a.runs_dir)
+    s = Runner(a.out, a.budget, a.data_dir, a.runs_dir)
     try:
         if not stage_env(s, a.plan):
             s.say("environment check failed: nothing else run")

@@ -7,6 +7,7 @@
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -101,18 +102,34 @@ def parse_flags(argv):
         _fail(_first_line(e))
     except Exception as e:  # a config file that fails to load, or a bad override
         overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        missing = _missing_field(e)
+        if missing:   # an override of a field the config does not have
+            named = [o for o in overrides if re.search(rf"\b{re.escape(missing)}\b", o)]
+            _fail(f"{', '.join(named or overrides)}: the config has no field {missing!r} "
+                  f"there (docs/configuration.md lists the fields)")
         where = f" (overrides: {', '.join(overrides)})" if overrides else ""
         _fail(f"--config: {_first_line(e)}{where}")
 
 
+def _missing_field(e):
+    """The field name of a KeyError (ml_collections wraps it in an AttributeError), or
+    None."""
+    key = e if isinstance(e, KeyError) else (e.args[0] if e.args else None)
+    if isinstance(key, KeyError) and key.args:
+        return str(key.args[0]).strip("'\"")
+    return None
+
+
 def _first_line(e):
     """The line that says what is wrong: for a config file that raised, its exception
-    (the last line of the traceback config_flags embeds), else the first line."""
+    (the last line of the traceback config_flags embeds, without the module path),
+    else the first line."""
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if not lines:
         return type(e).__name__
     if any(l.startswith("Traceback") for l in lines):
-        return f"{lines[0].split(':')[0]}: {lines[-1].split('.')[-1]}"
+        last = re.sub(r"^(?:[A-Za-z_]\w*\.)+(?=\w+: )", "", lines[-1])
+        return f"{lines[0].split(':')[0]}: {last}"
     return lines[0]
 
 

@@ -6,8 +6,6 @@ User errors (config, data, run directory) become one line on stderr and exit cod
 
 from __future__ import annotations
 
-import glob
-import importlib
 import itertools
 import os
 import sys
@@ -15,26 +13,15 @@ import sys
 from mnist_cnn import config as config_lib
 from mnist_cnn import committee, committee_config, data, driver, parallel
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments")
 USER_ERRORS = (config_lib.ConfigError, data.DataError, driver.RunError,
                committee.CommitteeError)
 
 
-def experiment_names() -> list[str]:
-    files = glob.glob(os.path.join(EXPERIMENTS_DIR, "*.py"))
-    return sorted(os.path.basename(f)[:-3] for f in files if not f.endswith("__init__.py"))
-
-
 def list_experiments() -> str:
-    """A table: each experiment, the book's accuracy and ours."""
-    rows = ["experiment                 book      measured"]
-    for name in experiment_names():
-        mod = importlib.import_module(f"experiments.{name}")
-        book = getattr(mod, "BOOK_ACCURACY", None)
-        ours = getattr(mod, "MEASURED", None)
-        rows.append(f"{name:<26} {f'{book:.2f}%' if book else '-':<9} "
-                    f"{f'{ours:.2f}%' if ours else 'not yet measured'}")
-    return "\n".join(rows)
+    """Every experiment and committee file with the book's and the measured accuracy
+    (results/results.csv)."""
+    from mnist_cnn import report
+    return report.list_text(report.load(), report.experiment_files())
 
 
 def _env_int(name: str):

@@ -25,7 +25,7 @@ and test softmax outputs, with its name, epoch, test-time shifts and whether it 
 on the validation images, and a SHA-256 fingerprint of the validation and test sets it
 was scored on (the images and labels themselves are not written). A saved file can
 stand in a later `--vote_runs` list for its networks (a committee that outlives its run
-directories, or grows across sessions: Caruana et al. keep such a "library" of model
+directories, or grows across machines: Caruana et al. keep such a "library" of model
 predictions); it must have been computed on the same validation and test images.
 
 The networks are evaluated as they are in their newest checkpoint (the end of the last

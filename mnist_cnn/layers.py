@@ -53,7 +53,7 @@ GPU_PATCHES_BELOW = 512   # images per conv call; see default_conv_impl
 def default_conv_impl(backend: str | None = None, batch: int | None = None,
                       dtype=None) -> str:
     """The faster convolution for a backend (and a batch of `batch` images of `dtype`),
-    as measured by `run.py --mode=benchmark` (BENCHMARKS.md).
+    as measured by `run.py --mode=benchmark` (docs/benchmarks.md).
 
     CPU: the shifted-slices + one matmul form (`patches`) trains ~8x faster than XLA's
     convolution and compiles ~6x sooner. GPU (an H200, dbl_conv_relu): `patches` trains
@@ -85,7 +85,7 @@ def extract_patches(x, kernel, stride=1):
     operands, or one along the minor axis, unfused (every slice written out, then copied
     again), while these 5-operand stacks on an outer axis fuse into one loop that writes
     the patch matrix once: dbl_conv_relu trains 1.09x faster at mini-batch 128 on two
-    cores and evaluates 1.2x faster; with _patch_matmul, 1.9x on one core (BENCHMARKS.md).
+    cores and evaluates 1.2x faster; with _patch_matmul, 1.9x on one core (docs/benchmarks.md).
     """
     kh, kw = _pair(kernel, "kernel")
     slices = _window_slices(x, (kh, kw), _pair(stride, "stride"), "kernel")
@@ -171,7 +171,7 @@ def fuses_max_pool(x_shape, w_shape, stride, padding, impl, pool_kind, window, p
     1.44x the multiply-adds at 5x5, 1.78x at 3x3), a short contraction and few maps
     (kh*kw*C_in at most FUSE_MAX_CONTRACTION, O at most FUSE_MAX_MAPS: a first layer,
     whose cost is moving its patch matrix rather than multiplying) and room for one
-    window. Measured on a 2-core CPU at mini-batch 128 (BENCHMARKS.md): the book's conv 1
+    window. Measured on a 2-core CPU at mini-batch 128 (docs/benchmarks.md): the book's conv 1
     (25 x 20) alone trains 30% faster fused and dbl_conv_relu 5-8% faster; fusing its
     conv 2 (500 x 40) gains nothing; modern (conv 1: 25 x 32) is 2-5% slower fused, and
     slower still with its conv 2 (800 x 64) fused."""
@@ -260,7 +260,7 @@ def _max_over(blocks, axes):
     split equally among its tied maxima), written so that XLA computes it in one fused
     pass: autodiff of jnp.max builds a 0/1 mask, a separate reduction counting it and a
     division, which on the CPU cost 12% of dbl_conv_relu's training step at mini-batch
-    128 (BENCHMARKS.md). A forward-mode rule, so jvp works and reverse mode transposes it.
+    128 (docs/benchmarks.md). A forward-mode rule, so jvp works and reverse mode transposes it.
     """
     return jnp.max(blocks, axis=axes)
 

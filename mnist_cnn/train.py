@@ -182,7 +182,7 @@ def micro_batch_size(requested: int, batch: int, backend: str | None = None,
     must divide the batch). 0 (auto): on a CPU, the largest divisor of the batch, of at
     least CPU_MIN_SLICE images, whose training FLOPs (flops_per_image, e.g. from
     networks.model_flops) stay within CPU_SLICE_FLOPS; the whole batch when it fits or no
-    such slice exists. Measured on a 2-core CPU (BENCHMARKS.md): dbl_conv_relu (9.2
+    such slice exists. Measured on a 2-core CPU (docs/benchmarks.md): dbl_conv_relu (9.2
     MFLOP an image) trains faster in slices of 64 than whole at 128 and 256 images, and
     whole at 64; the narrower speedrun network (1.9 MFLOP) fastest whole at 128; the
     wider modern one (28 MFLOP) 5% faster in slices of 64 than of 32 or whole at 128.
@@ -262,7 +262,7 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
         with the dropout key folded with its index. Up to MAX_UNROLLED_SLICES slices
         (auto makes two of 128) the scan is unrolled: XLA's CPU runtime then runs the
         slices' independent operations side by side on its threads, +8-12% at
-        mini-batch 128 (BENCHMARKS.md)."""
+        mini-batch 128 (docs/benchmarks.md)."""
         k = images.shape[0] // micro
         xs = images.reshape(k, micro, *images.shape[1:])
         ys = labels.reshape(k, micro)

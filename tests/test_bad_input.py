@@ -114,6 +114,20 @@ def test_best_of_runs_with_validation_trained_on_refused(tmp_path):
 def test_bad_config_variant_argument(tmp_path):
     assert_user_error(run("--config=experiments/dbl_conv.py:softplus",
                           f"--workdir={tmp_path}/w"), "activation")
+    assert_user_error(run("--config=experiments/modern.py:deep=1,rot=10",
+                          f"--workdir={tmp_path}/w"),
+                      "variant rot= only sets config fields: write "
+                      "--config.augment_rotate=10 instead")
+    assert not (tmp_path / "w").exists()
+
+
+def test_override_of_a_field_the_config_lacks_names_it(tmp_path):
+    for flag, field in (("--config.layers[1].kernel=3", "kernel"),
+                        ("--config.no_such_field=1", "no_such_field")):
+        assert_user_error(run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                              "--config.seed=2", flag),
+                          f"{flag.split('=')[0]}: the config has no field '{field}'")
+    assert not (tmp_path / "w").exists()
 
 
 # ---- damaged data through the command line ----

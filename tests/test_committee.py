@@ -367,8 +367,8 @@ def test_float16_outputs_are_a_smaller_archive_read_back_as_float32(tmp_path):
 
 
 def test_outputs_saved_before_rotated_views_existed_read_as_none(tmp_path):
-    """A file written before eval_rotate/eval_zoom were saved (the thirteenth session's
-    runs/outputs) loads with no rotated or zoomed views, and votes as before."""
+    """A file written before eval_rotate/eval_zoom were saved (as the outputs saved on
+    2026-11-27 were) loads with no rotated or zoomed views, and votes as before."""
     out = _outputs()
     path = str(tmp_path / "o.npz")
     committee.save_outputs(path, out)
@@ -500,3 +500,75 @@ def test_preprocessed_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_
            else data.deskew(test.images))
     assert accuracy(own) == pytest.approx(s["final_test_accuracy"])
     assert accuracy(test.images) != pytest.approx(s["final_test_accuracy"], abs=1e-3)
+
+
+def test_committee_file_members_expand_to_run_py_commands(tmp_path):
+    from mnist_cnn import committee_config as cc
+    ms = cc.members("experiments/four_conv_elastic.py", ("layers[0].kernel=7",), (3, 4),
+                    "out/k7_s{seed}.npz")
+    assert [m.outputs for m in ms] == ["out/k7_s3.npz", "out/k7_s4.npz"]
+    assert cc.member_argv(ms[1]) == ["--config=experiments/four_conv_elastic.py",
+                                     "--config.layers[0].kernel=7", "--config.seed=4"]
+    c = cc.member_config(ms[1])
+    assert c.layers[0].kernel == 7 and c.seed == 4 and c.train_on_validation
+    bad = cc.member("experiments/four_conv_elastic.py", ("layers[0].kernel=seven",))
+    with pytest.raises(config_lib.ConfigError, match="committee member .*kernel=seven"):
+        cc.member_config(bad)
+    with pytest.raises(config_lib.ConfigError, match="no such experiment file"):
+        cc.member_config(cc.member("experiments/nope.py"))
+    with pytest.raises(config_lib.ConfigError, match="rule must be one of"):
+        cc.validate(cc.committee(ms, rule="auto"))
+    with pytest.raises(config_lib.ConfigError, match="eval_shifts"):
+        cc.validate(cc.committee(ms, rule="mean_softmax", eval_shifts=40))
+    with pytest.raises(config_lib.ConfigError, match="has no saved outputs at out/k7_s3"):
+        cc.outputs_paths(cc.committee(ms, rule="mean_softmax"), root=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["allconv", "four_conv_and_allconv"])
+def test_committee_files_members_build_the_configs_their_runs_recorded(name):
+    """Each member's experiment + overrides + seed builds the config its network was
+    trained with (results/*/<run>/config.json, written when it trained)."""
+    import glob
+    import importlib
+    from mnist_cnn import committee_config as cc
+    from tests.test_report import ROOT, training_fields
+    c = importlib.import_module(f"experiments.committees.{name}").get_config()
+    cc.validate(c)
+    for m in c.members:
+        run_name = os.path.basename(m.outputs).removesuffix(".npz")
+        recorded = glob.glob(os.path.join(ROOT, "results", "*", run_name, "config.json"))
+        assert len(recorded) == 1, run_name
+        with open(recorded[0]) as f:
+            want = config_lib.with_defaults(json.load(f))
+        assert training_fields(cc.member_config(m).to_dict()) == training_fields(want)
+        assert want["seed"] == m.seed
+
+
+def test_vote_of_a_committee_file_reproduces_its_recorded_vote(tmp_path, mnist_dir):
+    """The 31-network committee votes from the archived float16 outputs with one
+    command: 25 test errors, the very images its vote JSON recorded."""
+    out = tmp_path / "vote.json"
+    proc = run("--mode=vote", "--config=experiments/committees/four_conv_and_allconv.py",
+               f"--vote_out={out}")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(out.read_text())
+    with open(os.path.join(os.path.dirname(__file__), "..", "results",
+                           "2026-11-27-allconv-committee", "vote_S.json")) as f:
+        want = json.load(f)
+    assert got["chosen_vote"] == "mean_softmax" and got["size"] == 31
+    for rule in ("mean_softmax", "plurality"):
+        assert got["votes"][rule]["test_errors"] == want["votes"][rule]["test_errors"]
+        assert got["votes"][rule]["test_wrong"] == want["votes"][rule]["test_wrong"]
+    assert got["votes"]["mean_softmax"]["test_errors"] == 25
+
+
+def test_committee_file_flags_it_fixes_are_refused(tmp_path):
+    for extra in ("--vote_rule=plurality", "--vote_runs=runs/a", "--vote_eval_shifts=0"):
+        proc = run("--mode=vote", "--config=experiments/committees/allconv.py", extra,
+                   f"--vote_out={tmp_path / 'v.json'}")
+        assert_user_error(proc, extra.split("=")[0], "committee file fixes")
+    proc = run("--config=experiments/committees/allconv.py", f"--workdir={tmp_path / 'w'}")
+    assert_user_error(proc, "committee file", "--mode=vote")
+    proc = run("--mode=vote", "--config=experiments/shallow.py", "--vote_runs=runs/a")
+    assert_user_error(proc, "--mode=vote takes --vote_runs, or a committee file")
+    assert not (tmp_path / "v.json").exists() and not (tmp_path / "w").exists()

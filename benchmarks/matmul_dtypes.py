@@ -4,7 +4,7 @@ the shapes of dbl_conv_relu's convolution products (micro-batches of 64 images).
     python benchmarks/matmul_dtypes.py [--repeats=20] [--out=matmul_dtypes.json]
 
 For each shape (M, K) @ (K, N), jitted, median of `repeats` timed calls after a warm-up:
-- float32: f32 operands, f32 result (what training runs today);
+- float32: f32 operands, f32 result (what training uses);
 - bf16 -> f32: bfloat16 operands, float32 accumulation and result
   (`preferred_element_type`), operands already bfloat16 (CPUs with AMX or AVX512-BF16
   can run this natively);

@@ -8,8 +8,9 @@ sets the FC width.
 
     python run.py --config=experiments/expanded_data.py:n=300 --workdir=runs/expanded_300
 
-Expected (15M training images): n=100 99.47% in 220 s on one NVIDIA H200; n=300 99.42%
-in 56 min on one core of a 2-core Intel Xeon; n=1000 99.29% in 132 s on one NVIDIA H100.
+Expected: n=100 99.47% in 220 s on one NVIDIA H200; n=300 99.42%
+in 56 min on one core of a 2-core Intel Xeon; n=1000 99.29% in 132 s on one NVIDIA H100
+(15M training images each).
 """
 
 from experiments import dbl_conv_relu

@@ -6,8 +6,9 @@ Book: n=100 99.43%, n=300 99.48%, n=1000 99.47%.
 
     python run.py --config=experiments/expanded_data_double_fc.py:n=300 --workdir=runs/x2fc_300
 
-Expected (15M training images): n=100 99.27% in 59 min and n=300 99.40% in 71 min, each
-on one core of a 2-core Intel Xeon; n=1000 99.41% in 164 s on one NVIDIA H100.
+Expected: n=100 99.27% in 59 min and n=300 99.40% in 71 min, each
+on one core of a 2-core Intel Xeon; n=1000 99.41% in 164 s on one NVIDIA H100 (15M
+training images each).
 """
 
 from experiments import expanded_data

@@ -51,11 +51,16 @@ def duration(seconds: str) -> str:
 
 
 def result_cell(row: dict) -> str:
-    """The measured figure in bold, its errors and how it was selected."""
+    """The measured figure in bold, with its errors and how it was selected."""
     if row["throughput"]:
         return f"**{float(row['throughput']):,.0f}** training images/s"
-    how = row["selection"] + (f", seeds {row['seeds']}" if "seeds" in row["selection"]
-                              else "")
+    how = row["selection"].removeprefix("committee: ")
+    if how.endswith("of seeds"):
+        return f"**{percent(row['test_accuracy'])}** ({how} {row['seeds']})"
+    if row["selection"].startswith("committee"):   # 'mean_softmax fixed in advance'
+        rule, _, rest = how.partition(" ")
+        how = (f"{rule.replace('_', ' ')} vote {rest}" if rule in ("mean_softmax", "plurality")
+               else f"vote {how}")
     return f"**{percent(row['test_accuracy'])}** ({row['test_errors']} errors; {how})"
 
 

@@ -2,8 +2,8 @@
 nets) test errors overlap committee H's. Prints JSON: H's mean-softmax errors, each
 network's errors and how many of H's errors it gets right, the mean Jaccard overlap of
 two networks' error sets per group pair, and committee M's gains and losses against H.
+Reads the float16 archive in results/outputs/ (it reproduces overlap.json exactly).
 Run from the repository root: PYTHONPATH=. python results/2026-11-27-80-epochs-l2-pooling/logs/overlap.py"""
-import glob
 import json
 import os
 from itertools import combinations, product
@@ -17,8 +17,8 @@ H = [f"results/outputs/modern_deep_el36_tv_{n}.npz" for n in
      "s1 s2 s3 s4 s5 s6 w14_s7 w18_s8 w12_s9 w16_s10 w10_s11 w20_s12 k3_s21 k3_s23 "
      "k7_s22 k7_s24 k7_s26".split()]
 groups = dict(H=H,
-              e80=sorted(glob.glob("runs/outputs/modern_deep_el36_tv_k7_e80_s*.npz")),
-              l2=sorted(glob.glob("runs/outputs/modern_deep_el36_tv_k7_l2_s*.npz")))
+              e80=[f"results/outputs/modern_deep_el36_tv_k7_e80_s{s}.npz" for s in (31, 32)],
+              l2=[f"results/outputs/modern_deep_el36_tv_k7_l2_s{s}.npz" for s in (33, 34)])
 files = [f for g in groups.values() for f in g]
 prob = {}
 for f in files:

@@ -1,11 +1,12 @@
 """Descriptive, chooses nothing: how committee S's networks' test errors overlap, from
-the vote's own record (vote_S.json lists every network's wrong test images) and the
-eighteenth session's record of committee P's errors (P's wrong images = Q's, less Q's
-new errors, plus the P errors Q fixed). Prints JSON: S's and AC's errors, the images S
-gets right and wrong against P, each new network's errors and how many of P's errors
-it gets right, and the mean Jaccard overlap of two networks' test-error sets per group
-pair (M: the sixteenth session's 21; dsk6: the seventeenth session's deskewed six; ac:
-this session's all-convolutional networks on raw digits; acd: on deskewed digits).
+the vote's own record (vote_S.json lists every network's wrong test images) and
+committee P's errors as results/2026-11-27-deskewed-committee-q/overlap.json records
+them (P's wrong images = Q's, less Q's new errors, plus the P errors Q fixed). Prints
+JSON: S's and AC's errors, the images S gets right and wrong against P, each
+all-convolutional network's errors and how many of P's errors it gets right, and the
+mean Jaccard overlap of two networks' test-error sets per group pair (M: committee M's
+21 networks; dsk6: committee P's six deskewed networks, seeds 41-46; ac: the
+all-convolutional networks on raw digits; acd: on deskewed digits).
 Run from the repository root: PYTHONPATH=. python results/2026-11-27-allconv-committee/logs/overlap.py"""
 import json
 import os

@@ -1,10 +1,11 @@
 """Descriptive, chooses nothing: how committee Q's networks' test errors overlap, from
-the vote's own record (vote_Q.json lists every network's wrong test images) and the
-seventeenth session's record of committee P's errors. Prints JSON: Q's and D12's
-errors, the images Q gets right and wrong against P, each new network's errors and how
-many of P's errors it gets right, and the mean Jaccard overlap of two networks'
-test-error sets per group pair (M: the sixteenth session's 21; dsk6: the seventeenth
-session's deskewed six; dsk_new: this session's).
+the vote's own record (vote_Q.json lists every network's wrong test images) and
+committee P's errors as results/2026-11-27-deskewed-committee-p/overlap.json records
+them. Prints JSON: Q's and D12's errors, the images Q gets right and wrong against P,
+each network of seeds 47-52's errors and how many of P's errors it gets right, and the
+mean Jaccard overlap of two networks' test-error sets per group pair (M: committee M's
+21 networks; dsk6: committee P's six deskewed networks, seeds 41-46; dsk_new: the
+deskewed networks of seeds 47-52).
 Run from the repository root: PYTHONPATH=. python results/2026-11-27-deskewed-committee-q/logs/overlap.py"""
 import json
 import os

@@ -1,11 +1,12 @@
 """Descriptive, chooses nothing: how committee R's networks' test errors overlap, from
-the vote's own record (vote_R.json lists every network's wrong test images) and the
-eighteenth session's record of committee P's errors (P's wrong images = Q's, less Q's
-new errors, plus the P errors Q fixed). Prints JSON: R's and DW's errors, the images R
-gets right and wrong against P, each new network's errors and how many of P's errors
-it gets right, and the mean Jaccard overlap of two networks' test-error sets per group
-pair (M: the sixteenth session's 21; dsk6: the seventeenth session's deskewed six; dw:
-this session's deskewed and width-normalised networks).
+the vote's own record (vote_R.json lists every network's wrong test images) and
+committee P's errors as results/2026-11-27-deskewed-committee-q/overlap.json records
+them (P's wrong images = Q's, less Q's new errors, plus the P errors Q fixed). Prints
+JSON: R's and DW's errors, the images R gets right and wrong against P, each
+deskewed-and-width-normalised network's errors and how many of P's errors it gets
+right, and the mean Jaccard overlap of two networks' test-error sets per group pair
+(M: committee M's 21 networks; dsk6: committee P's six deskewed networks, seeds 41-46;
+dw: the deskewed and width-normalised networks, seeds 61-66).
 Run from the repository root: PYTHONPATH=. python results/2026-11-27-deskewed-width-committee-r/logs/overlap.py"""
 import json
 import os

@@ -122,7 +122,7 @@ def test_warp_views_are_plus_minus_rotations_then_zooms():
 def reference_warped_probs(model, params, images, shifts, rotate, zoom):
     """numpy/scipy reference: the mean softmax over the shifted views (np_shift) and the
     views rotated by +-rotate degrees and zoomed by 1 -+ zoom (scipy's bilinear affine)."""
-    from tests.test_data import _scipy_affine
+    from tests.test_augment import _scipy_affine
     x = np.asarray(images, np.float64) / 255.0
     views = [np_shift(x, dy, dx) for dy, dx in
              [(0, 0)] + [(s * dy, s * dx) for s in range(1, shifts + 1)

@@ -226,60 +226,99 @@ def network_grads(params, layer_specs, images, labels, lmbda=0.0, num_batches=1,
 
     images: (B, 28, 28, 1) floats. masks: {layer name: boolean mask over that layer's
     (flattened) inputs} for layers with dropout in training; None evaluates without
-    dropout. Returns the mean log-likelihood + L2 term and a gradient tree shaped like
-    `params`."""
-    a, saved = images, []
-    masks = dict(masks or {})
+    dropout. dropout_key: draw the masks instead (dropout_masks). Returns the mean
+    log-likelihood + L2 term and a gradient tree shaped like `params`; with_nll: (cost,
+    mean log-likelihood, gradients)."""
     draw = dropout_masks(layer_specs, dropout_key) if dropout_key is not None else None
+    logits, saved = _forward(params, layer_specs, images, dict(masks or {}), draw,
+                             dropout_mode, conv_impl)
+    nll = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+    cost = nll + 0.5 * lmbda * sum(jnp.sum(params[n]["w"] ** 2) for n in params) / num_batches
+    grads = _backward(params, layer_specs, saved, logits, labels, lmbda, num_batches,
+                      dropout_mode)
+    return (cost, nll, grads) if with_nll else (cost, grads)
+
+
+def _forward(params, layer_specs, images, masks, draw, dropout_mode, conv_impl):
+    """The logits, and what each layer saw for _backward. masks: {layer name: mask},
+    to which the masks `draw` makes are added."""
+    a, saved = images, []
     for i, spec in enumerate(layer_specs):
-        kind, name = spec["kind"], _name(i, spec["kind"])
-        w, b = params[name]["w"], params[name]["b"]
-        if kind == "conv_pool":
-            z = L.conv2d(a, w, None, spec["stride"], spec["padding"], conv_impl)
-            p = L.pool(z, spec["pool"], spec["pool_window"], spec["pool_stride"] or None)
-            pre = p + b
-            saved.append((a, z, p, pre))
-            a = L.activation(spec["activation"])(pre)
+        name = _name(i, spec["kind"])
+        if spec["kind"] == "conv_pool":
+            a, seen = _conv_pool_forward(spec, params[name], a, conv_impl)
         else:
             flat = a.reshape(a.shape[0], -1)
             if draw is not None and spec["dropout"] > 0:
                 masks[name] = draw(i, spec, flat.shape)
             mask = masks.get(name) if spec["dropout"] > 0 else None
-            xd = flat
-            if mask is not None:
-                xd = jnp.where(mask, flat, 0.0)
-                xd = xd if dropout_mode == "network3" else xd / (1.0 - spec["dropout"])
-            elif spec["dropout"] > 0 and dropout_mode == "network3":
-                xd = flat * (1.0 - spec["dropout"])      # evaluation: network3 scales
-            pre = xd @ w + b
-            saved.append((a, xd, mask, pre))
-            a = pre if kind == "softmax" else L.activation(spec["activation"])(pre)
-    logits = a
-    nll = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-    cost = nll + 0.5 * lmbda * sum(jnp.sum(params[n]["w"] ** 2) for n in params) / num_batches
+            a, seen = _dense_forward(spec, params[name], a.shape, flat, mask, dropout_mode)
+        saved.append(seen)
+    return a, saved
 
+
+def _conv_pool_forward(spec, p, x, conv_impl):
+    """act(pool(conv(x)) + b), and (x, conv(x), pool(conv(x)), the pre-activation)."""
+    z = L.conv2d(x, p["w"], None, spec["stride"], spec["padding"], conv_impl)
+    pooled = L.pool(z, spec["pool"], spec["pool_window"], spec["pool_stride"] or None)
+    pre = pooled + p["b"]
+    return L.activation(spec["activation"])(pre), (x, z, pooled, pre)
+
+
+def _dense_forward(spec, p, in_shape, flat, mask, dropout_mode):
+    """A fully connected or softmax layer on its flattened inputs, after dropout: masked
+    in training, scaled by 1 - rate in network3's evaluation. Returns its output
+    (softmax: the logits) and (input shape, inputs after dropout, mask, pre-activation)."""
+    rate = spec["dropout"]
+    xd = flat
+    if mask is not None:
+        xd = jnp.where(mask, flat, 0.0)
+        xd = xd if dropout_mode == "network3" else xd / (1.0 - rate)
+    elif rate > 0 and dropout_mode == "network3":
+        xd = flat * (1.0 - rate)
+    pre = xd @ p["w"] + p["b"]
+    out = pre if spec["kind"] == "softmax" else L.activation(spec["activation"])(pre)
+    return out, (in_shape, xd, mask, pre)
+
+
+def _backward(params, layer_specs, saved, logits, labels, lmbda, num_batches,
+              dropout_mode):
+    """Every layer's gradients, from the output back (BP1 at the softmax, then BP2 down
+    the layers, BP3/BP4 at each), with network3's L2 term on the weights."""
     grads = {}
     d = softmax_log_likelihood_backward(logits, labels)      # dC/dz of the output layer
     for i in range(len(layer_specs) - 1, -1, -1):
         spec = layer_specs[i]
-        kind, name = spec["kind"], _name(i, spec["kind"])
+        name = _name(i, spec["kind"])
         w = params[name]["w"]
-        if kind == "conv_pool":
-            x_in, z, p, pre = saved[i]
-            d_pre = activation_backward(spec["activation"], pre, d)       # BP2's sigma'
-            db = d_pre.sum(axis=(0, 1, 2))                                # shared bias
-            dz = pool_backward(spec["pool"], z, p, d_pre, spec["pool_window"],
-                               spec["pool_stride"] or None)
-            d, dw = conv_backward(x_in, w, dz, spec["stride"], spec["padding"])
+        if spec["kind"] == "conv_pool":
+            d, dw, db = _conv_pool_backward(spec, w, saved[i], d)
         else:
-            x_in, xd, mask, pre = saved[i]
-            d_pre = d if kind == "softmax" else activation_backward(spec["activation"], pre, d)
-            d_xd, dw, db = dense_backward(xd, w, d_pre)
-            if mask is not None:
-                d_xd = dropout_backward(mask, d_xd, spec["dropout"], dropout_mode)
-            d = d_xd.reshape(x_in.shape)
+            d, dw, db = _dense_layer_backward(spec, w, saved[i], d, dropout_mode)
         grads[name] = {"w": dw + l2_backward(w, lmbda, num_batches), "b": db}
-    return (cost, nll, grads) if with_nll else (cost, grads)
+    return grads
+
+
+def _conv_pool_backward(spec, w, seen, d):
+    """(dC/dx, dC/dw, dC/db) of a conv-pool layer from dC/d(its output)."""
+    x, z, pooled, pre = seen
+    d_pre = activation_backward(spec["activation"], pre, d)       # BP2's sigma'
+    db = d_pre.sum(axis=(0, 1, 2))                                # shared bias
+    dz = pool_backward(spec["pool"], z, pooled, d_pre, spec["pool_window"],
+                       spec["pool_stride"] or None)
+    dx, dw = conv_backward(x, w, dz, spec["stride"], spec["padding"])
+    return dx, dw, db
+
+
+def _dense_layer_backward(spec, w, seen, d, dropout_mode):
+    """(dC/dx, dC/dw, dC/db) of a fully connected or softmax layer from dC/d(its
+    output); the softmax's is already dC/dz."""
+    in_shape, xd, mask, pre = seen
+    d_pre = d if spec["kind"] == "softmax" else activation_backward(spec["activation"], pre, d)
+    d_xd, dw, db = dense_backward(xd, w, d_pre)
+    if mask is not None:
+        d_xd = dropout_backward(mask, d_xd, spec["dropout"], dropout_mode)
+    return d_xd.reshape(in_shape), dw, db
 
 
 __all__ = ["activation_backward", "dense_backward", "softmax_log_likelihood_backward",

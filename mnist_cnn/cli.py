@@ -178,18 +178,20 @@ def main(flags) -> int:
 
 
 def _vote_plan(flags):
-    """(networks to vote, vote_runs keyword arguments) from --vote_runs and the vote
-    flags, or from a committee file given as --config (its members' saved outputs, its
-    rule and views, which the flags may not change)."""
+    """(networks to vote, committee.VoteOptions) from --vote_runs and the vote flags, or
+    from a committee file given as --config (its members' saved outputs, its rule and
+    views, which the flags may not change)."""
     own = lambda v: None if v < 0 else v   # negative: each run's own setting
+    saving = dict(outputs_path=flags.vote_save_outputs,
+                  outputs_precision=flags.vote_save_precision)
     if not committee_config.is_committee(flags.config):
         if flags.config is not None:
             raise config_lib.ConfigError("--mode=vote takes --vote_runs, or a committee "
                                          "file as --config (experiments/committees/)")
-        return flags.vote_runs, dict(
+        return flags.vote_runs, committee.VoteOptions(
             eval_shifts=own(flags.vote_eval_shifts), eval_rotate=own(flags.vote_eval_rotate),
             eval_zoom=own(flags.vote_eval_zoom), select=flags.vote_select,
-            rule=flags.vote_rule)
+            rule=flags.vote_rule, **saving)
     fixed = [f"--{name}" for name in ("vote_runs", "vote_rule", "vote_select",
                                       "vote_eval_shifts", "vote_eval_rotate",
                                       "vote_eval_zoom") if flags[name].present]
@@ -197,17 +199,16 @@ def _vote_plan(flags):
         raise config_lib.ConfigError(f"{', '.join(fixed)}: the committee file fixes its "
                                      f"members, rule and views; drop the flag")
     c = committee_config.validate(flags.config)
-    return committee_config.outputs_paths(c), dict(
+    return committee_config.outputs_paths(c), committee.VoteOptions(
         eval_shifts=c.eval_shifts, eval_rotate=c.eval_rotate, eval_zoom=c.eval_zoom,
-        select="all", rule=c.rule)
+        select="all", rule=c.rule, **saving)
 
 
 def vote(flags) -> int:
     """--mode=vote: a committee of finished runs or saved outputs (mnist_cnn/committee.py)."""
-    runs, how = _vote_plan(flags)
+    runs, options = _vote_plan(flags)
     result = committee.vote_runs(runs, log=lambda m: print(m, file=sys.stderr),
-                                 outputs_path=flags.vote_save_outputs,
-                                 outputs_precision=flags.vote_save_precision, **how)
+                                 options=options)
     print(committee.markdown(result))
     driver.write_json_atomic(flags.vote_out, result)
     print(f"\nwrote {flags.vote_out}"

@@ -35,6 +35,8 @@ not kept.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -42,7 +44,7 @@ import os
 import ml_collections
 import numpy as np
 
-from mnist_cnn import checkpoint, data, ensemble, networks, train
+from mnist_cnn import augment, checkpoint, data, ensemble, networks, train
 from mnist_cnn import config as config_lib
 
 
@@ -285,6 +287,61 @@ def tally(probs_val, probs_test, val_labels, test_labels, names, rule="auto") ->
 
 SELECTIONS = ("all", "greedy")
 RULES = ("auto",) + tuple(ensemble.VOTES)
+# Each test-time view a vote may set for every network: (largest value, unit).
+_VIEW_LIMITS = dict(eval_shifts=(config_lib.MAX_SHIFT, " pixels"),
+                    eval_rotate=(config_lib.MAX_EVAL_ROTATE, " degrees"),
+                    eval_zoom=(config_lib.MAX_EVAL_ZOOM, ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class VoteOptions:
+    """How vote_runs votes. eval_shifts: test-time shifts for every network
+    (config.eval_shifts); None: each run's own (a saved file's: as saved); eval_rotate,
+    eval_zoom: likewise for the rotated and zoomed views. select: "all" networks vote,
+    or "greedy": the committee greedy_select picks on validation. rule: "auto" (the
+    vote with the better validation accuracy) or a vote fixed in advance, which a
+    committee with a run trained on the validation images (train_on_validation) needs.
+    outputs_path: where to save every evaluated network's outputs (.npz), in
+    outputs_precision (SAVE_PRECISIONS)."""
+    eval_shifts: int | None = None
+    eval_rotate: float | None = None
+    eval_zoom: float | None = None
+    select: str = "all"
+    rule: str = "auto"
+    outputs_path: str | None = None
+    outputs_precision: str = "float32"
+
+    def views(self) -> dict:
+        """{eval_shifts, eval_rotate, eval_zoom: the value asked for, or None}."""
+        return {key: getattr(self, key) for key in _VIEW_LIMITS}
+
+    def check(self) -> VoteOptions:
+        """These options, or CommitteeError naming the first bad one by its flag."""
+        _check_choice("--vote_save_precision", self.outputs_precision, SAVE_PRECISIONS)
+        _check_choice("--vote_select", self.select, SELECTIONS)
+        _check_choice("--vote_rule", self.rule, RULES)
+        for key, (top, unit) in _VIEW_LIMITS.items():
+            value = getattr(self, key)
+            if value is not None and not 0 <= value <= top:
+                raise CommitteeError(f"--vote_{key} must be in [0, {top}]{unit} (or -1: "
+                                     f"each run's own config.{key}), got {value}")
+        if self.outputs_path is not None:
+            _check_outputs_path(self.outputs_path)
+        return self
+
+
+def _check_choice(flag, value, choices):
+    if value not in choices:
+        raise CommitteeError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_outputs_path(path):
+    if not is_outputs_file(path):
+        raise CommitteeError(f"--vote_save_outputs={path}: the file name must end in .npz")
+    where = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(where):
+        raise CommitteeError(f"--vote_save_outputs={path}: no directory {where}; create "
+                             f"it first")
 
 
 def _nll(mean_probs, labels) -> float:
@@ -361,131 +418,148 @@ def _same_images(w, saved, ds):
                                  f"saved from")
 
 
-def vote_runs(workdirs, log=print, eval_shifts=None, select="all", rule="auto",
-              outputs_path=None, eval_rotate=None, eval_zoom=None,
-              outputs_precision="float32") -> dict:
+def vote_runs(workdirs, log=print, options: VoteOptions | None = None, **fields) -> dict:
     """Loads each run, evaluates its networks on the validation and test sets (found as
     the first run's config finds its data), tallies. An entry ending in .npz is a file
     --vote_save_outputs wrote: its networks vote with their saved outputs (checked to
-    be of the same images). eval_shifts: test-time shifts for every network
-    (config.eval_shifts); None: each run's own (a saved file's: as saved); eval_rotate,
-    eval_zoom: likewise for the rotated and zoomed views. select: "all"
-    networks vote, or "greedy": the committee greedy_select picks on validation. rule:
-    "auto" (the vote with the better validation accuracy) or a vote fixed in advance,
-    which a committee with a run trained on the validation images (train_on_validation)
-    needs. outputs_path: where to save every evaluated network's outputs (.npz), in
-    outputs_precision (SAVE_PRECISIONS)."""
-    if outputs_precision not in SAVE_PRECISIONS:
-        raise CommitteeError(f"--vote_save_precision must be one of "
-                             f"{', '.join(SAVE_PRECISIONS)}, got {outputs_precision!r}")
-    if select not in SELECTIONS:
-        raise CommitteeError(f"--vote_select must be one of {', '.join(SELECTIONS)}, "
-                             f"got {select!r}")
-    if rule not in RULES:
-        raise CommitteeError(f"--vote_rule must be one of {', '.join(RULES)}, got {rule!r}")
-    if eval_shifts is not None and not 0 <= eval_shifts <= config_lib.MAX_SHIFT:
-        raise CommitteeError(f"--vote_eval_shifts must be in [0, {config_lib.MAX_SHIFT}] "
-                             f"pixels (or -1: each run's own config.eval_shifts), "
-                             f"got {eval_shifts}")
-    if eval_rotate is not None and not 0 <= eval_rotate <= config_lib.MAX_EVAL_ROTATE:
-        raise CommitteeError(f"--vote_eval_rotate must be in [0, "
-                             f"{config_lib.MAX_EVAL_ROTATE}] degrees (or -1: each run's "
-                             f"own config.eval_rotate), got {eval_rotate}")
-    if eval_zoom is not None and not 0 <= eval_zoom <= config_lib.MAX_EVAL_ZOOM:
-        raise CommitteeError(f"--vote_eval_zoom must be in [0, {config_lib.MAX_EVAL_ZOOM}] "
-                             f"(or -1: each run's own config.eval_zoom), got {eval_zoom}")
+    be of the same images). options: how to vote (VoteOptions; default: all networks,
+    each with its own views, the vote chosen by validation); fields: VoteOptions
+    fields set on top of it, e.g. rule="plurality"."""
+    options = dataclasses.replace(options or VoteOptions(), **fields).check()
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")
-    if outputs_path is not None:
-        if not is_outputs_file(outputs_path):
-            raise CommitteeError(f"--vote_save_outputs={outputs_path}: the file name "
-                                 f"must end in .npz")
-        where = os.path.dirname(os.path.abspath(outputs_path))
-        if not os.path.isdir(where):
-            raise CommitteeError(f"--vote_save_outputs={outputs_path}: no directory "
-                                 f"{where}; create it first")
     entries = _load_entries(workdirs)
+    _check_entries(entries, options)
+    ds = _load_data(entries)
+    nets = _evaluate(entries, ds, options.views(), log)
+    pv, pt = np.concatenate(nets.validation), np.concatenate(nets.test)
+    keep = _select(pv, ds.validation.labels, nets.names, options.select, log)
+    result = tally(pv[keep], pt[keep], ds.validation.labels, ds.test.labels,
+                   [nets.names[i] for i in keep], options.rule)
+    for m, i in zip(result["members"], keep):
+        m["epoch"] = nets.epochs[i]
+        m.update({key: values[i] for key, values in nets.views.items()})
+    result.update(runs=list(workdirs), data_source=ds.source, select=options.select,
+                  **options.views())
+    if options.select == "greedy":   # every network's own accuracies, chosen or not
+        result["candidates"] = member_accuracies(pv, pt, ds.validation.labels,
+                                                 ds.test.labels, nets.names)
+    if options.outputs_path is not None:
+        save_outputs(options.outputs_path, nets.outputs(pv, pt, ds),
+                     precision=options.outputs_precision)
+        result["outputs_file"] = options.outputs_path
+    return result
+
+
+def _check_entries(entries, options: VoteOptions):
+    """Refuses, before any network is evaluated, a choice by validation for a committee
+    with a network trained on it, and views a saved outputs file cannot redo."""
     trained_on_val = _trained_on_validation(entries)
-    if trained_on_val and select == "greedy":
+    if trained_on_val and options.select == "greedy":
         raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
                              f"(train_on_validation), so validation cannot pick the "
                              f"committee: use --vote_select=all")
-    if trained_on_val and rule == "auto":
+    if trained_on_val and options.rule == "auto":
         raise CommitteeError(f"{trained_on_val[0]} trained on the validation images "
                              f"(train_on_validation), so validation cannot choose the "
                              f"vote: fix it with --vote_rule=plurality or mean_softmax")
-    asked = dict(eval_shifts=eval_shifts, eval_rotate=eval_rotate, eval_zoom=eval_zoom)
     for w, _, saved in entries:
-        for key, want in asked.items():
+        for key, want in options.views().items():
             if saved is not None and want is not None and any(
                     float(v) != want for v in saved[key]):
                 raise CommitteeError(f"{w} holds outputs with test-time {key} "
                                      f"{sorted(set(saved[key].tolist()))}, which "
                                      f"--vote_{key}={want} cannot redo: pass -1, or "
                                      f"vote the run directories instead")
+
+
+def _load_data(entries):
+    """The dataset the first run directory's config names (the defaults' for a vote of
+    saved files only)."""
     first = next((c for _, c, _ in entries if c is not None), config_lib.base_config())
-    ds = data.load(first.data_source, first.data_dir or None, first.train_size,
-                   download=first.download)
-    views = {}
+    return data.load(first.data_source, first.data_dir or None, first.train_size,
+                     download=first.download)
 
-    def inputs(*how):   # each run sees the images as it was trained (width_norm, deskew)
-        if how not in views:
-            views[how] = (data.preprocess(ds.validation.images, *how),
-                          data.preprocess(ds.test.images, *how))
-        return views[how]
 
-    names, epochs, on_val, pv, pt = [], [], [], [], []
-    views_of = {key: [] for key in asked}   # each network's test-time views
+@dataclasses.dataclass
+class _Networks:
+    """Every network of a vote, in --vote_runs order: its name, epoch, whether it
+    trained on the validation images, its test-time views, and its softmax outputs
+    (one (members, N, 10) array per entry)."""
+    names: list = dataclasses.field(default_factory=list)
+    epochs: list = dataclasses.field(default_factory=list)
+    trained_on_validation: list = dataclasses.field(default_factory=list)
+    views: dict = dataclasses.field(default_factory=lambda: {k: [] for k in _VIEW_LIMITS})
+    validation: list = dataclasses.field(default_factory=list)
+    test: list = dataclasses.field(default_factory=list)
+
+    def add(self, other: _Networks):
+        for f in ("names", "epochs", "trained_on_validation", "validation", "test"):
+            getattr(self, f).extend(getattr(other, f))
+        for key, values in other.views.items():
+            self.views[key].extend(values)
+
+    def outputs(self, pv, pt, ds) -> dict:
+        """What save_outputs writes, pv and pt: the outputs concatenated."""
+        return dict(names=self.names, epochs=self.epochs, **self.views,
+                    trained_on_validation=self.trained_on_validation,
+                    validation_probabilities=pv, test_probabilities=pt,
+                    validation_sha256=fingerprint(ds.validation),
+                    test_sha256=fingerprint(ds.test))
+
+
+def _evaluate(entries, ds, views: dict, log) -> _Networks:
+    """Every entry's networks: a saved file's as saved, a run's evaluated with the
+    views asked for (None: its own) on the images as it was trained (width_norm,
+    deskew), each preprocessing done once."""
+    @functools.cache
+    def inputs(*how):
+        return (augment.preprocess(ds.validation.images, *how),
+                augment.preprocess(ds.test.images, *how))
+
+    nets = _Networks()
     for workdir, config, saved in entries:
         if saved is not None:
-            _same_images(workdir, saved, ds)
-            names += [str(n) for n in saved["names"]]
-            epochs += [int(e) if str(e).isdigit() else str(e) for e in saved["epochs"]]
-            for key in asked:
-                views_of[key] += saved[key].tolist()
-            on_val += [bool(t) for t in saved["trained_on_validation"]]
-            pv.append(saved["validation_probabilities"])
-            pt.append(saved["test_probabilities"])
-            log(f"{workdir}: {len(saved['names'])} network(s) from saved outputs")
-            continue
-        config, model, params, epoch = load_run(workdir, config)
-        stacked = max(config.num_members, config.num_runs) > 1
-        own = {key: config[key] if want is None else want for key, want in asked.items()}
-        vx, tx = inputs(config.width_norm, config.deskew)
-        v, t = members_probabilities(model, params, stacked, (vx, tx),
-                                     config.eval_batch_size, **own)
-        for i in range(len(v)):
-            names.append(f"{workdir}[{i}]" if stacked else workdir)
-            epochs.append(epoch)
-            on_val.append(bool(config.train_on_validation))
-            for key in asked:
-                views_of[key].append(own[key])
-        pv.append(v)
-        pt.append(t)
-        n_views = train.num_views(own["eval_shifts"], own["eval_rotate"], own["eval_zoom"])
-        log(f"{workdir}: {len(v)} network(s) at epoch {epoch}"
-            + (f", {n_views} test-time views" if n_views > 1 else ""))
-    pv, pt = np.concatenate(pv), np.concatenate(pt)
-    keep = list(range(len(names)))
-    if select == "greedy":
-        keep = greedy_select(pv, ds.validation.labels)
-        log(f"greedy selection on validation: {len(keep)} of {len(names)} networks: "
-            + ", ".join(names[i] for i in keep))
-    result = tally(pv[keep], pt[keep], ds.validation.labels, ds.test.labels,
-                   [names[i] for i in keep], rule)
-    for m, i in zip(result["members"], keep):
-        m["epoch"] = epochs[i]
-        m.update({key: views_of[key][i] for key in asked})
-    result.update(runs=list(workdirs), data_source=ds.source, select=select, **asked)
-    if select == "greedy":   # every network's own accuracies, chosen or not
-        result["candidates"] = member_accuracies(pv, pt, ds.validation.labels,
-                                                 ds.test.labels, names)
-    if outputs_path is not None:
-        save_outputs(outputs_path, dict(
-            names=names, epochs=epochs, **views_of,
-            trained_on_validation=on_val, validation_probabilities=pv,
-            test_probabilities=pt, validation_sha256=fingerprint(ds.validation),
-            test_sha256=fingerprint(ds.test)), precision=outputs_precision)
-        result["outputs_file"] = outputs_path
-    return result
+            nets.add(_saved_networks(workdir, saved, ds, log))
+        else:
+            nets.add(_run_networks(workdir, config, views, inputs, log))
+    return nets
+
+
+def _saved_networks(workdir, saved, ds, log) -> _Networks:
+    _same_images(workdir, saved, ds)
+    log(f"{workdir}: {len(saved['names'])} network(s) from saved outputs")
+    return _Networks(
+        names=[str(n) for n in saved["names"]],
+        epochs=[int(e) if str(e).isdigit() else str(e) for e in saved["epochs"]],
+        trained_on_validation=[bool(t) for t in saved["trained_on_validation"]],
+        views={key: saved[key].tolist() for key in _VIEW_LIMITS},
+        validation=[saved["validation_probabilities"]], test=[saved["test_probabilities"]])
+
+
+def _run_networks(workdir, config, views: dict, inputs, log) -> _Networks:
+    config, model, params, epoch = load_run(workdir, config)
+    stacked = max(config.num_members, config.num_runs) > 1
+    own = {key: config[key] if want is None else want for key, want in views.items()}
+    v, t = members_probabilities(model, params, stacked,
+                                 inputs(config.width_norm, config.deskew),
+                                 config.eval_batch_size, **own)
+    n = len(v)
+    n_views = train.num_views(own["eval_shifts"], own["eval_rotate"], own["eval_zoom"])
+    log(f"{workdir}: {n} network(s) at epoch {epoch}"
+        + (f", {n_views} test-time views" if n_views > 1 else ""))
+    return _Networks(
+        names=[f"{workdir}[{i}]" if stacked else workdir for i in range(n)],
+        epochs=[epoch] * n, trained_on_validation=[bool(config.train_on_validation)] * n,
+        views={key: [value] * n for key, value in own.items()}, validation=[v], test=[t])
+
+
+def _select(pv, val_labels, names, select: str, log) -> list[int]:
+    """The indices of the networks that vote: all, or greedy_select's on validation."""
+    if select != "greedy":
+        return list(range(len(names)))
+    keep = greedy_select(pv, val_labels)
+    log(f"greedy selection on validation: {len(keep)} of {len(names)} networks: "
+        + ", ".join(names[i] for i in keep))
+    return keep

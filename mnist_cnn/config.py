@@ -6,6 +6,9 @@ the command line (`--config.layers[2].features=200`).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable
+
 import ml_collections
 
 from mnist_cnn import layers as L
@@ -79,10 +82,19 @@ def with_defaults(saved: dict) -> dict:
 
 
 def base_config():
-    """Fields every experiment has, at network3's faithful settings."""
+    """Fields every experiment has, at network3's faithful settings; the groups below
+    add them in the order docs/configuration.md lists them."""
     c = ml_collections.ConfigDict()
     c.name = ""
     c.layers = ()
+    for add_fields in (_optimisation_fields, _data_fields, _augmentation_fields,
+                       _ensemble_fields, _computation_fields, _evaluation_fields,
+                       _run_fields):
+        add_fields(c)
+    return c
+
+
+def _optimisation_fields(c):
     c.num_epochs = 60
     c.batch_size = 10
     c.learning_rate = 0.1
@@ -94,6 +106,9 @@ def base_config():
     c.ema_decay = 0.0           # > 0: also keep an exponential moving average of the
                                 # weights, updated every step, and evaluate it (0: off)
     c.seed = 0
+
+
+def _data_fields(c):
     c.train_size = 50_000       # first N of the book's 50,000 training images
     c.train_on_validation = False  # True: also train on the 10,000 validation images
                                 # (60,000 with the default train_size); validation then
@@ -102,6 +117,9 @@ def base_config():
     c.data_source = "auto"      # auto | idx | tfds
     c.download = True           # fetch into the cache when nothing is found
     c.shuffle = False           # network3 visits mini-batches in the same order each epoch
+
+
+def _augmentation_fields(c):
     c.width_norm = 0            # > 0: every image's digit bounding box stretched to this
                                 # many pixels wide, train, validation and test alike
                                 # (Ciresan et al. 2012's committee preprocessing; 0: off)
@@ -114,9 +132,15 @@ def base_config():
     c.augment_elastic = 0.0     # on-the-fly elastic distortion (Simard et al. 2003): the
                                 # displacement field's scale alpha in pixels (0: off)
     c.augment_elastic_sigma = 4.0  # its Gaussian smoothing, std in pixels
+
+
+def _ensemble_fields(c):
     c.num_members = 1           # >1: an ensemble trained together (vmapped), voting
     c.vote = "plurality"        # plurality (the book) | mean_softmax
     c.num_runs = 1              # >1: independent runs (vmapped); the best validation is kept
+
+
+def _computation_fields(c):
     c.init = "network3"         # network3 | modern (He / LeCun normal, zero biases)
     c.dropout_mode = "network3"  # network3 (no rescale; weights x (1-p) at eval) | inverted
     c.conv_impl = "auto"        # auto | patches | xla
@@ -126,6 +150,9 @@ def base_config():
     c.grad = "autodiff"         # autodiff (jax.grad) | manual (mnist_cnn/backprop.py)
     c.micro_batch = 0           # gradient pass size: 0 auto (CPU: slices of >= 64), N
                                 # slices of N, >= batch_size the whole (train.micro_batch_size)
+
+
+def _evaluation_fields(c):
     c.bn_calibration_images = 10_000  # batch-norm layers: population moments from the
                                       # first N training images after each epoch
     c.eval_batch_size = 200     # fastest measured on a 2-core CPU (100-500 are close)
@@ -138,11 +165,13 @@ def base_config():
     c.eval_every = 1            # evaluate validation and test after every N-th epoch and
                                 # the last; the epochs between record training cost only
                                 # (and the best-validation choice sees evaluated epochs)
+
+
+def _run_fields(c):
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
     c.keep_checkpoints = 3      # the newest K checkpoints are kept
     c.plots = True              # learning_curves.png, errors.png, filters.png at the end
-    return c
 
 
 def num_train_images(c) -> int:
@@ -170,114 +199,172 @@ def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def validate(c):
-    """Raises ConfigError with a one-line message naming the first bad field."""
-    for field in ("num_epochs", "batch_size", "train_size", "eval_batch_size", "chunk_steps",
-                  "seed", "checkpoint_every_steps", "keep_checkpoints", "augment_shift",
-                  "num_members", "num_runs", "num_devices", "micro_batch",
-                  "bn_calibration_images", "eval_shifts", "eval_every", "width_norm"):
-        _check(_is_int(c[field]), f"config.{field} must be an integer, got {c[field]!r}")
-    _check(c.num_epochs > 0, f"config.num_epochs must be positive, got {c.num_epochs}")
-    _check(c.eval_every > 0, f"config.eval_every must be positive (1: every epoch), "
-           f"got {c.eval_every}")
-    _check(c.batch_size > 0, f"config.batch_size must be positive, got {c.batch_size}")
-    _check(0 < c.train_size <= 50_000,
-           f"config.train_size must be in [1, 50000], got {c.train_size}")
+# A field's type as validate checks it: (test, what the error says it must be).
+_TYPES = {int: (_is_int, "an integer"), float: (_is_num, "a number"),
+          bool: (lambda v: isinstance(v, bool), "True or False")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """How validate checks one top-level field: its type (int; float: any number; bool;
+    None: not checked), then ok(value). A failed ok raises "config.NAME " + message,
+    where {v} stands for the value."""
+    name: str
+    type: type | None = None
+    ok: Callable[[Any], bool] = lambda v: True
+    message: str = ""
+
+    def check_type(self, c):
+        if self.type is not None:
+            is_type, what = _TYPES[self.type]
+            value = c[self.name]
+            _check(is_type(value), f"config.{self.name} must be {what}, got {value!r}")
+
+    def check_value(self, c):
+        value = c[self.name]
+        _check(self.ok(value), f"config.{self.name} {self.message.format(v=value)}")
+
+
+def _in(lo, hi, hi_open=False):
+    """ok for a value in [lo, hi], or [lo, hi) with hi_open."""
+    return lambda v: lo <= v < hi if hi_open else lo <= v <= hi
+
+
+def _one_of(*choices):
+    return lambda v: v in choices
+
+
+_POSITIVE = lambda v: v > 0
+_NON_NEGATIVE = lambda v: v >= 0
+
+# Every top-level field validate checks: its type, the values it takes, and the message
+# ("config.NAME " + message) when the value is not one of them.
+FIELDS = (
+    Field("num_epochs", int, _POSITIVE, "must be positive, got {v}"),
+    Field("eval_every", int, _POSITIVE, "must be positive (1: every epoch), got {v}"),
+    Field("batch_size", int, _POSITIVE, "must be positive, got {v}"),
+    Field("train_size", int, _in(1, 50_000), "must be in [1, 50000], got {v}"),
+    Field("eval_batch_size", int, _POSITIVE, "must be positive"),
+    Field("bn_calibration_images", int, _in(1, 50_000), "must be in [1, 50000], got {v}"),
+    Field("micro_batch", int, _NON_NEGATIVE, "must be >= 0 (0: auto), got {v}"),
+    Field("chunk_steps", int, _POSITIVE, "must be positive"),
+    Field("checkpoint_every_steps", int, _NON_NEGATIVE,
+          "must be >= 0 (0: at the end of each epoch only)"),
+    Field("keep_checkpoints", int, _POSITIVE, "must be positive"),
+    Field("num_members", int, _POSITIVE,
+          "must be >= 1 (an ensemble needs at least one network), got {v}"),
+    Field("num_runs", int, _POSITIVE, "must be >= 1, got {v}"),
+    Field("seed", int),
+    Field("vote", None, _one_of("plurality", "mean_softmax"),
+          "must be plurality or mean_softmax, got {v!r}"),
+    Field("augment_shift", int, _in(0, MAX_SHIFT), f"must be in [0, {MAX_SHIFT}] pixels "
+          "(a shift of 28 or more leaves a blank image), got {v}"),
+    Field("eval_shifts", int, _in(0, MAX_SHIFT), f"must be in [0, {MAX_SHIFT}] pixels "
+          "(0: no test-time shifts; 28 or more leaves a blank image), got {v}"),
+    Field("eval_rotate", float, _in(0, MAX_EVAL_ROTATE), f"must be in [0, {MAX_EVAL_ROTATE}] "
+          "degrees (0: no rotated test-time views), got {v}"),
+    Field("eval_zoom", float, _in(0, MAX_EVAL_ZOOM), f"must be in [0, {MAX_EVAL_ZOOM}] "
+          "(views zoomed by 1 -+ Z; 0: none), got {v}"),
+    Field("width_norm", int, _in(0, 28), "must be in [0, 28] pixels (the digit's "
+          "bounding-box width; Ciresan et al. used 10-20; 0: off), got {v}"),
+    Field("augment_rotate", float, _in(0, 180, hi_open=True),
+          "must be in [0, 180) degrees, got {v}"),
+    Field("augment_scale", float, _in(0, 1, hi_open=True),
+          "must be in [0, 1) (a zoom factor in [1 - s, 1 + s]), got {v}"),
+    Field("augment_elastic", float, _in(0, 100), "must be in [0, 100] (the displacement "
+          "field's scale alpha; Simard et al. used 34), got {v}"),
+    Field("augment_elastic_sigma", float, _in(0.5, 10), "must be in [0.5, 10] pixels "
+          "(the field's smoothing; Simard et al. used 4), got {v}"),
+    *(Field(name, bool) for name in ("shuffle", "expand_data", "nesterov", "download",
+                                     "plots", "train_on_validation", "deskew")),
+    Field("learning_rate", float, _POSITIVE, "must be positive, got {v}"),
+    Field("l2", float, _NON_NEGATIVE, "must be >= 0, got {v}"),
+    Field("momentum", float, _in(0, 1, hi_open=True), "must be in [0, 1), got {v}"),
+    Field("warmup_epochs", float),
+    Field("ema_decay", float, _in(0, 1, hi_open=True), "must be in [0, 1) (0: no weight "
+          "average; 0.999 forgets with a time constant of ~1000 steps), got {v}"),
+    Field("schedule", None, _one_of("constant", "cosine", "onecycle"),
+          "must be constant, cosine or onecycle, got {v!r}"),
+    Field("init", None, _one_of(*INITS), f"must be one of {INITS}, got {{v!r}}"),
+    Field("dropout_mode", None, _one_of(*L.DROPOUT_MODES),
+          f"must be one of {L.DROPOUT_MODES}, got {{v!r}}"),
+    Field("conv_impl", None, _one_of(*L.CONV_IMPLS),
+          f"must be one of {L.CONV_IMPLS}, got {{v!r}}"),
+    Field("parallel", None, _one_of("auto", "none", "pmap"),
+          "must be auto, none or pmap, got {v!r}"),
+    Field("num_devices", int, _NON_NEGATIVE, "must be >= 0 (0: all local devices), got {v}"),
+    Field("grad", None, _one_of("autodiff", "manual"), "must be autodiff or manual, got {v!r}"),
+    Field("dtype", None, _one_of("float32", "bfloat16"),
+          "must be float32 or bfloat16, got {v!r}"),
+    Field("data_source", None, _one_of("auto", "idx", "tfds"),
+          "must be auto, idx or tfds, got {v!r}"),
+)
+
+
+def _batch_fits_train_size(c):
     _check(c.batch_size <= c.train_size, f"config.batch_size ({c.batch_size}) exceeds "
            f"config.train_size ({c.train_size})")
-    _check(c.eval_batch_size > 0, "config.eval_batch_size must be positive")
-    _check(0 < c.bn_calibration_images <= 50_000, f"config.bn_calibration_images must be "
-           f"in [1, 50000], got {c.bn_calibration_images}")
-    _check(c.micro_batch >= 0, f"config.micro_batch must be >= 0 (0: auto), got {c.micro_batch}")
+
+
+def _micro_batch_divides_batch(c):
     _check(c.micro_batch == 0 or c.micro_batch >= c.batch_size
            or c.batch_size % c.micro_batch == 0,
            f"config.micro_batch ({c.micro_batch}) must divide config.batch_size "
            f"({c.batch_size}), or be 0 (auto) or >= the batch size (whole)")
-    _check(c.chunk_steps > 0, "config.chunk_steps must be positive")
-    _check(c.checkpoint_every_steps >= 0,
-           "config.checkpoint_every_steps must be >= 0 (0: at the end of each epoch only)")
-    _check(c.keep_checkpoints > 0, "config.keep_checkpoints must be positive")
-    _check(c.num_members >= 1, f"config.num_members must be >= 1 (an ensemble needs at "
-           f"least one network), got {c.num_members}")
-    _check(c.num_runs >= 1, f"config.num_runs must be >= 1, got {c.num_runs}")
+
+
+def _best_run_needs_validation(c):
     _check(c.num_runs == 1 or not c.train_on_validation, "config.num_runs > 1 keeps the "
            "run with the best validation accuracy, but config.train_on_validation trains "
            "on the validation images: set one of them back (num_runs=1 or "
            "train_on_validation=False)")
+
+
+def _members_or_runs(c):
     _check(c.num_members == 1 or c.num_runs == 1, "config.num_members and config.num_runs "
            "cannot both exceed 1: train an ensemble, or repeat a single network")
-    _check(c.vote in ("plurality", "mean_softmax"),
-           f"config.vote must be plurality or mean_softmax, got {c.vote!r}")
-    _check(0 <= c.augment_shift <= MAX_SHIFT, f"config.augment_shift must be in "
-           f"[0, {MAX_SHIFT}] pixels (a shift of 28 or more leaves a blank image), "
-           f"got {c.augment_shift}")
-    _check(0 <= c.eval_shifts <= MAX_SHIFT, f"config.eval_shifts must be in [0, {MAX_SHIFT}] "
-           f"pixels (0: no test-time shifts; 28 or more leaves a blank image), "
-           f"got {c.eval_shifts}")
-    for field in ("eval_rotate", "eval_zoom"):
-        _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
-    _check(0 <= c.eval_rotate <= MAX_EVAL_ROTATE, f"config.eval_rotate must be in "
-           f"[0, {MAX_EVAL_ROTATE}] degrees (0: no rotated test-time views), "
-           f"got {c.eval_rotate}")
-    _check(0 <= c.eval_zoom <= MAX_EVAL_ZOOM, f"config.eval_zoom must be in "
-           f"[0, {MAX_EVAL_ZOOM}] (views zoomed by 1 -+ Z; 0: none), got {c.eval_zoom}")
-    _check(0 <= c.width_norm <= 28, f"config.width_norm must be in [0, 28] pixels (the "
-           f"digit's bounding-box width; Ciresan et al. used 10-20; 0: off), "
-           f"got {c.width_norm}")
-    for field in ("augment_rotate", "augment_scale", "augment_elastic",
-                  "augment_elastic_sigma"):
-        _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
-    _check(0 <= c.augment_rotate < 180, f"config.augment_rotate must be in [0, 180) "
-           f"degrees, got {c.augment_rotate}")
-    _check(0 <= c.augment_scale < 1, f"config.augment_scale must be in [0, 1) (a zoom "
-           f"factor in [1 - s, 1 + s]), got {c.augment_scale}")
-    _check(0 <= c.augment_elastic <= 100, f"config.augment_elastic must be in [0, 100] "
-           f"(the displacement field's scale alpha; Simard et al. used 34), "
-           f"got {c.augment_elastic}")
-    _check(0.5 <= c.augment_elastic_sigma <= 10, f"config.augment_elastic_sigma must be in "
-           f"[0.5, 10] pixels (the field's smoothing; Simard et al. used 4), "
-           f"got {c.augment_elastic_sigma}")
-    for field in ("shuffle", "expand_data", "nesterov", "download", "plots",
-                  "train_on_validation", "deskew"):
-        _check(isinstance(c[field], bool), f"config.{field} must be True or False, "
-               f"got {c[field]!r}")
-    for field in ("learning_rate", "l2", "momentum", "warmup_epochs", "ema_decay"):
-        _check(_is_num(c[field]), f"config.{field} must be a number, got {c[field]!r}")
-    _check(c.learning_rate > 0,
-           f"config.learning_rate must be positive, got {c.learning_rate}")
-    _check(c.l2 >= 0, f"config.l2 must be >= 0, got {c.l2}")
-    _check(0 <= c.momentum < 1, f"config.momentum must be in [0, 1), got {c.momentum}")
-    _check(0 <= c.ema_decay < 1, f"config.ema_decay must be in [0, 1) (0: no weight "
-           f"average; 0.999 forgets with a time constant of ~1000 steps), got {c.ema_decay}")
-    _check(c.schedule in ("constant", "cosine", "onecycle"),
-           f"config.schedule must be constant, cosine or onecycle, got {c.schedule!r}")
+
+
+def _warmup_within_epochs(c):
     _check(0 <= c.warmup_epochs < c.num_epochs or c.schedule != "onecycle",
            f"config.warmup_epochs must be in [0, num_epochs={c.num_epochs}) for the "
            f"onecycle schedule, got {c.warmup_epochs}")
-    _check(c.init in INITS, f"config.init must be one of {INITS}, got {c.init!r}")
-    _check(c.dropout_mode in L.DROPOUT_MODES,
-           f"config.dropout_mode must be one of {L.DROPOUT_MODES}, got {c.dropout_mode!r}")
-    _check(c.conv_impl in L.CONV_IMPLS,
-           f"config.conv_impl must be one of {L.CONV_IMPLS}, got {c.conv_impl!r}")
-    _check(c.parallel in ("auto", "none", "pmap"),
-           f"config.parallel must be auto, none or pmap, got {c.parallel!r}")
-    _check(c.num_devices >= 0, f"config.num_devices must be >= 0 (0: all local devices), "
-           f"got {c.num_devices}")
-    _check(c.grad in ("autodiff", "manual"),
-           f"config.grad must be autodiff or manual, got {c.grad!r}")
+
+
+def _manual_grad_in_float32(c):
     _check(c.grad == "autodiff" or c.dtype == "float32", "config.grad=manual computes in "
            "float32 only; use config.dtype=float32 or config.grad=autodiff")
-    _check(c.dtype in ("float32", "bfloat16"),
-           f"config.dtype must be float32 or bfloat16, got {c.dtype!r}")
-    _check(c.data_source in ("auto", "idx", "tfds"),
-           f"config.data_source must be auto, idx or tfds, got {c.data_source!r}")
+
+
+def _layers(c):
     _check(isinstance(c.layers, (tuple, list)) and len(c.layers) > 0,
            "config.layers must be a non-empty list of layers")
     for i, layer in enumerate(c.layers):
         _validate_layer(i, layer, last=i == len(c.layers) - 1)
+
+
+def _manual_grad_without_batch_norm(c):
     _check(c.grad == "autodiff" or not uses_batch_norm(c), "config.grad=manual has no "
            "batch normalisation (mnist_cnn/backprop.py is the book's layers); use "
            "config.grad=autodiff or layers without batch_norm")
+
+
+# The rules joining fields, in the order validate applies them after FIELDS.
+CROSS_CHECKS = (_batch_fits_train_size, _micro_batch_divides_batch,
+                _best_run_needs_validation, _members_or_runs, _warmup_within_epochs,
+                _manual_grad_in_float32, _layers, _manual_grad_without_batch_norm)
+
+
+def validate(c):
+    """Returns c, or raises ConfigError with a one-line message naming the first bad
+    field: every field's type, then every field's value (both in FIELDS' order), then
+    CROSS_CHECKS, the layers among them."""
+    for field in FIELDS:
+        field.check_type(c)
+    for field in FIELDS:
+        field.check_value(c)
+    for check in CROSS_CHECKS:
+        check(c)
     return c
 
 

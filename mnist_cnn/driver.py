@@ -4,14 +4,20 @@ Everything a user can get wrong is checked before the run directory is touched:
 config fields, the network's shapes, the run directory's state, the dataset.
 
 A run directory holds config.json, metrics.jsonl (one line per finished epoch),
-checkpoints/ (Orbax, the last `keep_checkpoints`), and at the end summary.json and
-learning_curves.png. Re-running the same command on it resumes from the newest
-checkpoint; the result is bit-identical to an uninterrupted run.
+tensorboard/ (the same numbers as TensorBoard event files, mnist_cnn/metrics_io.py),
+checkpoints/ (Orbax, the last `keep_checkpoints`), and at the end summary.json and the
+figures. Re-running the same command on it resumes from the newest checkpoint; the
+result is bit-identical to an uninterrupted run.
+
+The training loop reads as its steps: `_resume` (state and RunPosition from the newest
+checkpoint), then per epoch `_train_steps`, `_evaluate_epoch`, `_checkpoint`, the
+records and the log line (`_run_epoch`), and `_finish` (summary and figures).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -20,12 +26,17 @@ import shutil
 import signal
 import sys
 import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
+import tqdm
 
-from mnist_cnn import checkpoint, data, ensemble, networks, parallel, plots, train
+from mnist_cnn import augment, checkpoint, data, ensemble, metrics_io, networks, parallel
+from mnist_cnn import plots, train
 from mnist_cnn import config as config_lib
+# The run directory's atomic writes, which sweep.py and cli.py call as driver.write_*.
+from mnist_cnn.metrics_io import write_json_atomic, write_text_atomic  # noqa: F401
 
 
 class RunError(ValueError):
@@ -43,38 +54,13 @@ class Interrupted(Exception):
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png",
              "errors.png", "filters.png")
-# Fields that may change between a run and its resumption: where the data comes from.
 # Fields a resumed run may change: where data comes from, bookkeeping, and how the work
 # is laid out on devices (checkpoints are stored in the one-device layout).
 RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints", "plots",
                      "eval_batch_size", "parallel", "num_devices"}
 
 
-# ---- files ----
-
-def write_json_atomic(path: str, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def append_jsonl(path: str, obj) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(obj, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
+# ---- config differences ----
 
 def _flatten(d, prefix=""):
     out = {}
@@ -142,7 +128,8 @@ def clear_run(workdir: str) -> None:
         path = os.path.join(workdir, f)
         if os.path.exists(path):
             os.remove(path)
-    shutil.rmtree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), ignore_errors=True)
+    for d in (checkpoint.CHECKPOINT_DIR, metrics_io.TENSORBOARD_DIR):
+        shutil.rmtree(os.path.join(workdir, d), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -187,26 +174,40 @@ def stop_on_signals():
 
 
 class Progress:
-    """A progress bar over one epoch's mini-batches, with images/s; stderr only on a tty."""
+    """A tqdm bar over one epoch's mini-batches, with images/s, on `stream` (stderr);
+    enabled None: shown when the stream is a terminal. A context manager: leaving it
+    ends the bar's line."""
 
-    def __init__(self, total_steps, batch_size, epoch, num_epochs, enabled=None, done=0):
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.total, self.bs, self.done, self.start = total_steps, batch_size, done, done
-        self.label = f"epoch {epoch}/{num_epochs}"
+    FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+              "[{elapsed}<{remaining}{postfix}]")
+
+    def __init__(self, total_steps, batch_size, epoch, num_epochs, enabled=None, done=0,
+                 stream=None):
+        stream = sys.stderr if stream is None else stream
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.batch_size, self.done, self.start = batch_size, done, done
         self.t0 = time.perf_counter()
+        self.bar = tqdm.tqdm(total=total_steps, initial=done, file=stream,
+                             desc=f"epoch {epoch}/{num_epochs}", bar_format=self.FORMAT,
+                             disable=not self.enabled, dynamic_ncols=True)
 
     def update(self, steps):
         self.done += steps
         if not self.enabled:
             return
-        frac = self.done / self.total
-        rate = (self.done - self.start) * self.bs / max(time.perf_counter() - self.t0, 1e-9)
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        sys.stderr.write(f"\r{self.label} [{bar}] {self.done}/{self.total} "
-                         f"{rate:,.0f} images/s")
-        if self.done >= self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        images = (self.done - self.start) * self.batch_size
+        rate = images / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix_str(f"{rate:,.0f} images/s", refresh=False)
+        self.bar.update(steps)
+
+    def close(self):
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # ---- the run ----
@@ -245,7 +246,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
         return summary
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download, with_validation=config.train_on_validation)
-    ds = data.preprocessed(ds, config.width_norm, config.deskew)
+    ds = augment.preprocessed(ds, config.width_norm, config.deskew)
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
     if not writer:
         with stop_on_signals() as stop:
@@ -321,32 +322,8 @@ class Plan:
         self.state = train.with_ema(
             train.init_states(model, self.tx, config.seed, self.members, seeds),
             config.ema_decay)
-        train_x = jax.device_put(ds.train.images)
-        train_y = jax.device_put(ds.train.labels)
-        if config.expand_data:
-            key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
-            train_x, train_y = data.expand(train_x, train_y, key)
-        self.train_x = parallel.place_data(self.par, train_x)
-        self.train_y = parallel.place_data(self.par, train_y)
-        t0 = time.perf_counter()
-        order = parallel.place_order(self.par, self.order(self.state, 0))
-        if self.par is None:
-            lowered = train.make_train_chunk(model, self.tx, config, self.num_batches,
-                                             self.stacked).lower(
-                self.state, self.train_x, self.train_y, order, 0, num_steps=self.chunk_steps,
-                hp=self.hp)
-        else:
-            fn = parallel.make_chunk(
-                self.par, model, self.tx, config, self.num_batches, self.chunk_steps,
-                self.stacked, with_order=order is not None)
-            lowered = fn.lower(parallel.place(self.par, self.state), self.train_x,
-                               self.train_y, order, 0)
-        self.compiled = lowered.compile()
-        if jax.process_count() > 1:
-            # An AOT-compiled multi-process pmap expects global shapes; the pmap itself
-            # takes each process's local arrays (and reuses the compilation).
-            self.compiled = fn
-        self.compile_s = time.perf_counter() - t0
+        self.train_x, self.train_y = self._training_data()
+        self.compiled, self.compile_s = self._compile()
         self.check_memory()
         self.predict = train.make_predict(model, config.eval_batch_size, self.stacked,
                                             config.eval_shifts, config.eval_rotate,
@@ -356,6 +333,37 @@ class Plan:
             self.calibrate = train.make_calibrate(model, stacked=self.stacked)
             self.calibration_x = jax.device_put(
                 ds.train.images[:config.bn_calibration_images])
+
+    def _training_data(self):
+        """The training images and labels placed on the device(s), with their four
+        1-pixel shifts under config.expand_data."""
+        train_x = jax.device_put(self.ds.train.images)
+        train_y = jax.device_put(self.ds.train.labels)
+        if self.config.expand_data:
+            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), 7)
+            train_x, train_y = augment.expand(train_x, train_y, key)
+        return parallel.place_data(self.par, train_x), parallel.place_data(self.par, train_y)
+
+    def _compile(self):
+        """(the training chunk compiled ahead of time, the seconds that took)."""
+        t0 = time.perf_counter()
+        order = parallel.place_order(self.par, self.order(self.state, 0))
+        if self.par is None:
+            fn = train.make_train_chunk(self.model, self.tx, self.config, self.num_batches,
+                                        self.stacked)
+            compiled = fn.lower(self.state, self.train_x, self.train_y, order, 0,
+                                num_steps=self.chunk_steps, hp=self.hp).compile()
+            return compiled, time.perf_counter() - t0
+        fn = parallel.make_chunk(
+            self.par, self.model, self.tx, self.config, self.num_batches, self.chunk_steps,
+            self.stacked, with_order=order is not None)
+        compiled = fn.lower(parallel.place(self.par, self.state), self.train_x,
+                            self.train_y, order, 0).compile()
+        if jax.process_count() > 1:
+            # An AOT-compiled multi-process pmap expects global shapes; the pmap itself
+            # takes each process's local arrays (and reuses the compilation).
+            compiled = fn
+        return compiled, time.perf_counter() - t0
 
     def calibrated(self, host_state):
         """The host-layout state with its batch-norm moments measured (unchanged
@@ -421,165 +429,345 @@ def _evaluate(plan, params, images, labels):
     return float(np.mean(per)), per, probs.argmax(-1)
 
 
+# ---- the training loop ----
+
+@dataclasses.dataclass(frozen=True)
+class RunPosition:
+    """Where a run stands, as each checkpoint records it (its JSON record): `epoch`
+    epochs finished and `step_in_epoch` mini-batches of the next one, that partial
+    epoch's summed training cost (`loss_sum`, `nll_sum`, and per stacked member
+    `member_loss_sums`), the finished epochs' metrics.jsonl lines, and the seconds spent
+    training, in all and compiling, by every process that has worked on the run."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    loss_sum: float = 0.0
+    member_loss_sums: tuple | None = None
+    nll_sum: float = 0.0
+    metrics: tuple = ()
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    compile_time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The checkpoint's JSON record: every field, in this order, tuples as lists."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        sums = self.member_loss_sums
+        out.update(member_loss_sums=None if sums is None else list(sums),
+                   metrics=list(self.metrics))
+        return out
+
+    @classmethod
+    def from_dict(cls, record: dict) -> RunPosition:
+        """A checkpoint's JSON record (one saved at the end of an epoch may lack
+        member_loss_sums)."""
+        sums = record.get("member_loss_sums")
+        fields = {f.name: record[f.name] for f in dataclasses.fields(cls)
+                  if f.name != "member_loss_sums"}
+        return cls(**{**fields, "metrics": tuple(record["metrics"]),
+                      "member_loss_sums": None if sums is None else tuple(sums)})
+
+    def where(self, num_batches: int) -> str:
+        if self.step_in_epoch:
+            return f"step {self.step_in_epoch} of {num_batches} in epoch {self.epoch + 1}"
+        return f"the end of epoch {self.epoch}"
+
+    def within_epoch(self, step: int, sums: EpochSums, stacked: bool) -> RunPosition:
+        """`step` mini-batches into the epoch in progress, its sums so far `sums`."""
+        return dataclasses.replace(
+            self, step_in_epoch=step, loss_sum=sums.loss, nll_sum=sums.nll,
+            member_loss_sums=tuple(sums.members.tolist()) if stacked else None,
+            train_time_s=self.train_time_s + sums.train_s)
+
+    def after_epoch(self, record: dict, train_s: float) -> RunPosition:
+        """At the end of the epoch in progress, whose metrics are `record`."""
+        return dataclasses.replace(
+            self, epoch=self.epoch + 1, step_in_epoch=0, loss_sum=0.0, nll_sum=0.0,
+            member_loss_sums=None, metrics=self.metrics + (record,),
+            train_time_s=self.train_time_s + train_s)
+
+
+@dataclasses.dataclass
+class EpochSums:
+    """The epoch in progress: its training cost summed over steps (averaged over stacked
+    members), per member, and the seconds this process has trained it."""
+
+    loss: float
+    nll: float
+    members: np.ndarray
+    train_s: float = 0.0
+
+    @classmethod
+    def at(cls, pos: RunPosition, members: int) -> EpochSums:
+        per = (np.zeros(members) if pos.member_loss_sums is None
+               else np.asarray(pos.member_loss_sums, np.float64))
+        return cls(pos.loss_sum, pos.nll_sum, per)
+
+    def add(self, losses: np.ndarray, nlls) -> None:
+        """One chunk's losses and NLLs, (members, steps) float64."""
+        self.loss += float(losses.sum()) / losses.shape[0]
+        self.members += losses.sum(axis=1)
+        self.nll += float(np.asarray(nlls, np.float64).sum()) / losses.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """What every epoch of one process uses: `workdir`, `mngr` and `records` are None
+    on a multi-process run's process > 0, which trains in step and writes nothing;
+    `base` is the position this process started from."""
+
+    plan: Plan
+    workdir: str | None
+    mngr: Any
+    records: metrics_io.Recorder
+    base: RunPosition
+    t_start: float
+    stop: StopFlag
+    progress: bool | None
+    log: Callable
+    validation: tuple   # (images, labels) on the device
+    test: tuple
+
+    def wall_time_s(self) -> float:
+        return self.base.wall_time_s + time.perf_counter() - self.t_start
+
+    def compile_time_s(self) -> float:
+        return self.base.compile_time_s + self.plan.compile_s
+
+
 def _train(plan, workdir, stop, t_start, progress, log) -> dict:
-    config, ds = plan.config, plan.ds
-    num_batches, chunk_steps = plan.num_batches, plan.chunk_steps
-    ckpt_every = config.checkpoint_every_steps
-    state = plan.state
-    writer = workdir is not None    # None: a multi-process run's process > 0
-    mngr = checkpoint.manager(workdir, config.keep_checkpoints) if writer else None
-    at = dict(epoch=0, step_in_epoch=0, loss_sum=0.0, nll_sum=0.0, metrics=[],
-              train_time_s=0.0, wall_time_s=0.0, compile_time_s=0.0)
-    restored = checkpoint.restore_latest(mngr, state) if writer else None
+    """Trains from the newest checkpoint in `workdir` (or from the start) through
+    config.num_epochs, then finishes the run. workdir None: a multi-process run's
+    process > 0."""
+    mngr = checkpoint.manager(workdir, plan.config.keep_checkpoints) if workdir else None
+    state, pos = _resume(plan, mngr, log)
+    on_device = lambda split: (jax.device_put(split.images), jax.device_put(split.labels))
+    with metrics_io.Recorder(workdir, pos.metrics, learning_rates(
+            plan.config, plan.num_batches, (plan.hp or {}).get("learning_rate"))) as records:
+        ctx = _Context(plan, workdir, mngr, records, pos, t_start, stop, progress, log,
+                       on_device(plan.ds.validation), on_device(plan.ds.test))
+        host_state, state, predictions = state, plan.place(state), None
+        for epoch in range(pos.epoch + 1, plan.config.num_epochs + 1):
+            state, host_state, pos, tested = _run_epoch(ctx, state, host_state, pos, epoch)
+            predictions = predictions if tested is None else tested
+    return _finish(ctx, host_state, pos, predictions)
+
+
+def _resume(plan, mngr, log):
+    """(state, RunPosition) of the newest checkpoint, else the plan's initial state at
+    the start; in a multi-process run every process continues from process 0's."""
+    state, pos = plan.state, RunPosition()
+    restored = checkpoint.restore_latest(mngr, state) if mngr else None
     if restored is not None:
-        state, at = restored
-        where = (f"step {at['step_in_epoch']} of {num_batches} in epoch {at['epoch'] + 1}"
-                 if at["step_in_epoch"] else f"the end of epoch {at['epoch']}")
-        log(f"resuming from the checkpoint at {where}")
-    if jax.process_count() > 1:   # every process continues from process 0's checkpoint
-        state, at["epoch"], at["step_in_epoch"] = parallel.tree_from_process_0(
-            (state, at["epoch"], at["step_in_epoch"]))
-    metrics = at["metrics"]
-    metrics_path = os.path.join(workdir, "metrics.jsonl") if writer else None
-    if writer:
-        write_text_atomic(metrics_path, "".join(json.dumps(m, sort_keys=True) + "\n"
-                                                for m in metrics))
-    val_x, val_y = jax.device_put(ds.validation.images), jax.device_put(ds.validation.labels)
-    test_x, test_y = jax.device_put(ds.test.images), jax.device_put(ds.test.labels)
-    compile_s = plan.compile_s
+        state, pos = restored[0], RunPosition.from_dict(restored[1])
+        log(f"resuming from the checkpoint at {pos.where(plan.num_batches)}")
+    if jax.process_count() > 1:
+        state, epoch, step = parallel.tree_from_process_0(
+            (state, pos.epoch, pos.step_in_epoch))
+        pos = dataclasses.replace(pos, epoch=epoch, step_in_epoch=step)
+    return state, pos
 
-    def save(epoch_done, step_in_epoch, loss_sum, nll_sum, train_time):
-        if not writer:
-            return
-        now = dict(epoch=epoch_done, step_in_epoch=step_in_epoch, loss_sum=loss_sum,
-                   member_loss_sums=at.get("member_loss_sums") if step_in_epoch else None,
-                   nll_sum=nll_sum, metrics=metrics, train_time_s=train_time,
-                   wall_time_s=at["wall_time_s"] + time.perf_counter() - t_start,
-                   compile_time_s=at["compile_time_s"] + compile_s)
+
+def _run_epoch(ctx, state, host_state, pos, epoch):
+    """Epoch `epoch` from where `pos` stands: train, evaluate (unless config.eval_every
+    skips it), checkpoint, record, log. Returns (state, the host-layout state, the new
+    position, the test predictions or None when not evaluated)."""
+    plan = ctx.plan
+    sums = EpochSums.at(pos, plan.members)
+    state = _train_steps(ctx, state, host_state, pos, epoch, sums)
+    record = _epoch_record(plan, epoch, pos.step_in_epoch, sums)
+    predictions = None
+    if _evaluates(plan.config, epoch):
+        state, host_state, accuracies, predictions = _evaluate_epoch(ctx, state)
+        record.update(accuracies)
+    else:
+        # Not evaluated: batch-norm moments are calibrated for evaluation only (the
+        # training step normalises by each batch's), so skipping changes no weight.
         host_state = plan.host(state)
-        checkpoint.save(mngr, int(np.max(host_state.step)), host_state, now)
+    pos = pos.after_epoch(record, sums.train_s)
+    _checkpoint(ctx, state, pos)
+    ctx.records.add(record)
+    ctx.log(_epoch_line(record, plan.config.eval_every))
+    if ctx.stop.signum:
+        raise Interrupted(ctx.stop.signum, epoch, plan.num_batches)
+    return state, host_state, pos, predictions
 
-    train_time = at["train_time_s"]
-    predictions = None   # the last epoch's test predictions, for errors.png
-    host_state, state = state, plan.place(state)
-    for epoch in range(at["epoch"] + 1, config.num_epochs + 1):
-        first = epoch == at["epoch"] + 1
-        begin = at["step_in_epoch"] if first else 0
-        loss_sum, nll_sum = (at["loss_sum"], at["nll_sum"]) if first else (0.0, 0.0)
-        member_sums = np.zeros(plan.members)   # per stacked member, for members_train_loss
-        if first and at.get("member_loss_sums") is not None:
-            member_sums = np.asarray(at["member_loss_sums"], np.float64)
-        order = plan.placed_order(host_state, epoch - 1)
-        bar = Progress(num_batches, config.batch_size, epoch, config.num_epochs, progress,
-                       done=begin)
-        epoch_train_s = 0.0
-        for start in range(begin, num_batches, chunk_steps):
+
+def _train_steps(ctx, state, host_state, pos, epoch, sums):
+    """The epoch's mini-batches from pos.step_in_epoch on, a chunk at a time, each
+    chunk's losses checked and added to `sums`; a checkpoint past every
+    config.checkpoint_every_steps, and on a signal (then Interrupted)."""
+    plan, config = ctx.plan, ctx.plan.config
+    order = plan.placed_order(host_state, epoch - 1)
+    every = config.checkpoint_every_steps
+    with Progress(plan.num_batches, config.batch_size, epoch, config.num_epochs,
+                  ctx.progress, done=pos.step_in_epoch) as bar:
+        for start in range(pos.step_in_epoch, plan.num_batches, plan.chunk_steps):
             t_chunk = time.perf_counter()
             state, losses, nlls = plan.train_chunk(state, order, start)
-            losses = np.asarray(losses, np.float64).reshape(-1, chunk_steps)
-            epoch_train_s += time.perf_counter() - t_chunk
-            finite = np.all(np.isfinite(losses), axis=0)
-            # In a vmapped sweep a diverging run must not stop the others: its NaN
-            # losses are reported as its own (members are independent under vmap).
-            if not np.all(finite) and plan.hp is None:
-                bad = int(np.argmin(finite))
-                raise RunError(
-                    f"training diverged: the loss became {losses[:, bad].max()} in epoch "
-                    f"{epoch} at step {start + bad + 1} of {num_batches}; the last good "
-                    f"checkpoint and metrics are kept; try a smaller --config.learning_rate "
-                    f"(now {config.learning_rate})")
-            # Training cost: summed over steps, averaged over stacked members.
-            loss_sum += float(losses.sum()) / losses.shape[0]
-            member_sums += losses.sum(axis=1)
-            nll_sum += float(np.asarray(nlls, np.float64).sum()) / losses.shape[0]
-            bar.update(chunk_steps)
-            end = start + chunk_steps
-            if end < num_batches and (stop.signum or (
-                    ckpt_every and end // ckpt_every > start // ckpt_every)):
-                at["member_loss_sums"] = member_sums.tolist() if plan.stacked else None
-                save(epoch - 1, end, loss_sum, nll_sum, train_time + epoch_train_s)
-                if stop.signum:
-                    raise Interrupted(stop.signum, epoch, end)
-        train_time += epoch_train_s
-        images = (num_batches - begin) * config.batch_size * plan.members
-        m = dict(epoch=epoch, train_loss=loss_sum / num_batches,
-                 train_nll=nll_sum / num_batches, epoch_train_s=round(epoch_train_s, 3),
-                 train_images_per_s=round(images / max(epoch_train_s, 1e-9), 1))
-        if plan.stacked:
-            m["members_train_loss"] = (member_sums / num_batches).tolist()
-        if epoch % config.eval_every and epoch < config.num_epochs:
-            # Not evaluated: batch-norm moments are calibrated for evaluation only (the
-            # training step normalises by each batch's), so skipping changes no weight.
-            host_state = plan.host(state)
-            line = (f"epoch {epoch}: cost {m['train_loss']:.4f} (not evaluated: "
-                    f"config.eval_every={config.eval_every}), "
-                    f"{m['train_images_per_s']:,.0f} images/s")
-        else:
-            host_state = plan.calibrated(plan.host(state))
-            if plan.calibrate is not None:
-                state = plan.place(host_state)
-            params = train.eval_params(host_state)
-            val, val_members, _ = _evaluate(plan, params, val_x, val_y)
-            test, test_members, predictions = _evaluate(plan, params, test_x, test_y)
-            m.update(validation_accuracy=val, test_accuracy=test)
-            if host_state.ema is not None:   # the raw weights too, for comparison
-                m.update(raw_validation_accuracy=_evaluate(plan, host_state.params, val_x,
-                                                           val_y)[0],
-                         raw_test_accuracy=_evaluate(plan, host_state.params, test_x,
-                                                     test_y)[0])
-            if plan.stacked:
-                m.update(members_validation_accuracy=val_members,
-                         members_test_accuracy=test_members)
-            members = (f" (members {', '.join(f'{100 * a:.2f}' for a in val_members)})"
-                       if plan.stacked else "")
-            raw = (f" (raw weights {100 * m['raw_validation_accuracy']:.2f}% / "
-                   f"{100 * m['raw_test_accuracy']:.2f}%)" if "raw_test_accuracy" in m
-                   else "")
-            line = (f"epoch {epoch}: cost {m['train_loss']:.4f}, validation "
-                    f"{100 * val:.2f}%{members}, test {100 * test:.2f}%{raw}, "
-                    f"{m['train_images_per_s']:,.0f} images/s")
-        metrics.append(m)
-        save(epoch, 0, 0.0, 0.0, train_time)
-        if writer:
-            append_jsonl(metrics_path, m)
-        log(line)
-        if stop.signum:
-            raise Interrupted(stop.signum, epoch, num_batches)
+            losses = np.asarray(losses, np.float64).reshape(-1, plan.chunk_steps)
+            sums.train_s += time.perf_counter() - t_chunk
+            _check_finite(plan, losses, epoch, start)
+            sums.add(losses, nlls)
+            bar.update(plan.chunk_steps)
+            end = start + plan.chunk_steps
+            if end < plan.num_batches and (
+                    ctx.stop.signum or (every and end // every > start // every)):
+                _checkpoint(ctx, state, pos.within_epoch(end, sums, plan.stacked))
+                if ctx.stop.signum:
+                    raise Interrupted(ctx.stop.signum, epoch, end)
+    return state
 
-    summary = summarize(config, metrics, plan.members)
-    images = num_batches * config.batch_size * len(metrics) * plan.members
+
+def _check_finite(plan, losses, epoch, start):
+    """RunError naming the epoch and step where a chunk's loss stopped being finite. In
+    a vmapped sweep a diverging run must not stop the others: its NaN losses are
+    reported as its own (members are independent under vmap)."""
+    finite = np.all(np.isfinite(losses), axis=0)
+    if np.all(finite) or plan.hp is not None:
+        return
+    bad = int(np.argmin(finite))
+    raise RunError(
+        f"training diverged: the loss became {losses[:, bad].max()} in epoch {epoch} at "
+        f"step {start + bad + 1} of {plan.num_batches}; the last good checkpoint and "
+        f"metrics are kept; try a smaller --config.learning_rate "
+        f"(now {plan.config.learning_rate})")
+
+
+def _evaluates(config, epoch: int) -> bool:
+    """Whether the epoch is evaluated: every config.eval_every-th and the last."""
+    return not (epoch % config.eval_every and epoch < config.num_epochs)
+
+
+def _epoch_record(plan, epoch, begin, sums) -> dict:
+    """The epoch's metrics.jsonl line before evaluation: training cost (summed over
+    steps, averaged over stacked members) and speed of the steps from `begin` on."""
+    config, num_batches = plan.config, plan.num_batches
+    images = (num_batches - begin) * config.batch_size * plan.members
+    record = dict(epoch=epoch, train_loss=sums.loss / num_batches,
+                  train_nll=sums.nll / num_batches, epoch_train_s=round(sums.train_s, 3),
+                  train_images_per_s=round(images / max(sums.train_s, 1e-9), 1))
+    if plan.stacked:
+        record["members_train_loss"] = (sums.members / num_batches).tolist()
+    return record
+
+
+def _evaluate_epoch(ctx, state):
+    """Validation and test accuracy of the state (its batch-norm moments calibrated
+    first): (state, host-layout state, accuracies for the epoch's record, test
+    predictions)."""
+    plan = ctx.plan
+    host_state = plan.calibrated(plan.host(state))
+    if plan.calibrate is not None:
+        state = plan.place(host_state)
+    params = train.eval_params(host_state)
+    val, val_members, _ = _evaluate(plan, params, *ctx.validation)
+    test, test_members, predictions = _evaluate(plan, params, *ctx.test)
+    accuracies = dict(validation_accuracy=val, test_accuracy=test)
+    if host_state.ema is not None:   # the raw weights too, for comparison
+        accuracies.update(
+            raw_validation_accuracy=_evaluate(plan, host_state.params, *ctx.validation)[0],
+            raw_test_accuracy=_evaluate(plan, host_state.params, *ctx.test)[0])
+    if plan.stacked:
+        accuracies.update(members_validation_accuracy=val_members,
+                          members_test_accuracy=test_members)
+    return state, host_state, accuracies, predictions
+
+
+def _epoch_line(record: dict, eval_every: int) -> str:
+    """The log line of a finished epoch."""
+    head = f"epoch {record['epoch']}: cost {record['train_loss']:.4f}"
+    speed = f"{record['train_images_per_s']:,.0f} images/s"
+    if "validation_accuracy" not in record:
+        return f"{head} (not evaluated: config.eval_every={eval_every}), {speed}"
+    percent = lambda key: f"{100 * record[key]:.2f}%"
+    members = record.get("members_validation_accuracy")
+    members = (f" (members {', '.join(f'{100 * a:.2f}' for a in members)})"
+               if members is not None else "")
+    raw = (f" (raw weights {percent('raw_validation_accuracy')} / "
+           f"{percent('raw_test_accuracy')})" if "raw_test_accuracy" in record else "")
+    return (f"{head}, validation {percent('validation_accuracy')}{members}, "
+            f"test {percent('test_accuracy')}{raw}, {speed}")
+
+
+def _checkpoint(ctx, state, pos: RunPosition) -> None:
+    """Saves the state in the one-device layout with the position, its times brought
+    up to now (process 0 only)."""
+    if ctx.mngr is None:
+        return
+    host_state = ctx.plan.host(state)
+    pos = dataclasses.replace(pos, wall_time_s=ctx.wall_time_s(),
+                              compile_time_s=ctx.compile_time_s())
+    checkpoint.save(ctx.mngr, int(np.max(host_state.step)), host_state, pos.to_dict())
+
+
+def learning_rates(config, num_batches: int, swept=None):
+    """epoch -> TensorBoard scalars of the learning rate of the epoch's last mini-batch
+    (train.make_schedule); with `swept` (a vmapped sweep's learning rates), each run's
+    rate as members/{i}/learning_rate."""
+    schedule = train.make_schedule(config, num_batches)
+    rate = schedule if callable(schedule) else lambda step: schedule
+    scales = None if swept is None else np.asarray(swept, np.float64) / config.learning_rate
+
+    def scalars(epoch: int) -> dict:
+        lr = float(rate(epoch * num_batches - 1))
+        if scales is None:
+            return {"learning_rate": lr}
+        return {f"members/{i}/learning_rate": lr * s for i, s in enumerate(scales)}
+    return scalars
+
+
+# ---- the end of a run ----
+
+def _finish(ctx, host_state, pos, predictions) -> dict:
+    """The run's summary; process 0 also writes the figures and summary.json and logs
+    the result."""
+    summary, final, predictions = _summary(ctx, host_state, pos, predictions)
+    if ctx.workdir is None:
+        return summary
+    config = ctx.plan.config
+    if config.plots:
+        _figures(config, list(pos.metrics), ctx.plan.ds, predictions, final, ctx.workdir)
+    write_json_atomic(os.path.join(ctx.workdir, "summary.json"), summary)
+    ctx.log(_result_line(summary))
+    return summary
+
+
+def _summary(ctx, host_state, pos, predictions):
+    """(summary, the reported run's final state, its last test predictions)."""
+    plan, config = ctx.plan, ctx.plan.config
+    summary = summarize(config, list(pos.metrics), plan.members)
+    images = plan.num_batches * config.batch_size * len(pos.metrics) * plan.members
     summary.update(
-        wall_time_s=round(at["wall_time_s"] + time.perf_counter() - t_start, 2),
-        compile_time_s=round(at["compile_time_s"] + compile_s, 2),
-        train_images_per_s=round(images / max(train_time, 1e-9), 1),
-        train_images=images, data_source=ds.source, device=jax.devices()[0].device_kind,
-        devices=plan.devices,
+        wall_time_s=round(ctx.wall_time_s(), 2),
+        compile_time_s=round(ctx.compile_time_s(), 2),
+        train_images_per_s=round(images / max(pos.train_time_s, 1e-9), 1),
+        train_images=images, data_source=plan.ds.source,
+        device=jax.devices()[0].device_kind, devices=plan.devices,
         platform=jax.default_backend(), jax_version=jax.__version__)
     chosen = summary.get("chosen_run", 0)
     final = ensemble.member(host_state, chosen) if config.num_runs > 1 else host_state
     if predictions is None:   # resumed after the last epoch's checkpoint
-        _, _, predictions = _evaluate(plan, train.eval_params(host_state), test_x, test_y)
+        _, _, predictions = _evaluate(plan, train.eval_params(host_state), *ctx.test)
     if config.num_runs > 1:
         predictions = predictions[chosen]
-    summary["final_test_errors"] = int(np.sum(predictions != ds.test.labels))
-    if not writer:
-        return summary
-    if config.plots:
-        _figures(config, metrics, ds, predictions, final, workdir)
-    write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    summary["final_test_errors"] = int(np.sum(predictions != plan.ds.test.labels))
+    return summary, final, predictions
+
+
+def _result_line(summary: dict) -> str:
     chosen_by = ("the last epoch (validation images trained on: they select nothing)"
                  if summary["selection"] == "last_epoch" else
-                 f"best validation {100 * summary['best_validation_accuracy']:.2f}% at epoch "
-                 f"{summary['best_epoch']}")
-    log(f"{chosen_by}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
-        f"wall time {summary['wall_time_s']:.0f} s")
-    return summary
+                 f"best validation {100 * summary['best_validation_accuracy']:.2f}% at "
+                 f"epoch {summary['best_epoch']}")
+    return (f"{chosen_by}: test accuracy {100 * summary['test_accuracy']:.2f}%; "
+            f"wall time {summary['wall_time_s']:.0f} s")
 
 
 def _figures(config, metrics, ds, predictions, final, workdir):
     plots.learning_curves(metrics, os.path.join(workdir, "learning_curves.png"),
                           title=config.name)
-    done = data.preprocessing_text(config.width_norm, config.deskew)
+    done = augment.preprocessing_text(config.width_norm, config.deskew)
     note = f"; digits {done}, as the network saw them" if done else ""
     plots.errors_grid(ds.test.images, ds.test.labels, predictions,
                       os.path.join(workdir, "errors.png"), note=note)

@@ -285,7 +285,7 @@ def run_vmapped(config, workdir: str, axes, indices, overwrite=False, progress=N
 
 
 def _write_point(config, workdir, point, index, metrics, k, group_summary, together):
-    from mnist_cnn import driver, train
+    from mnist_cnn import driver, metrics_io, train
     d = os.path.join(workdir, point_dir(index, point))
     os.makedirs(d, exist_ok=True)
     mine = [dict(epoch=m["epoch"], train_loss=m["members_train_loss"][k],
@@ -306,8 +306,8 @@ def _write_point(config, workdir, point, index, metrics, k, group_summary, toget
                    diverged=any(m["train_loss"] != m["train_loss"] for m in mine),
                    **{k2: group_summary[k2] for k2 in ("data_source", "device",
                                                        "jax_version")})
-    driver.write_json_atomic(os.path.join(d, "config.json"),
-                             json.loads(apply(config, point).to_json()))
-    driver.write_text_atomic(os.path.join(d, "metrics.jsonl"),
-                             "".join(json.dumps(m, sort_keys=True) + "\n" for m in mine))
-    driver.write_json_atomic(os.path.join(d, "summary.json"), summary)
+    own = apply(config, point)
+    metrics_io.write_json_atomic(os.path.join(d, "config.json"), json.loads(own.to_json()))
+    num_batches = train.steps_per_epoch(config_lib.num_train_images(own), own.batch_size)
+    metrics_io.write_records(d, mine, driver.learning_rates(own, num_batches))
+    metrics_io.write_json_atomic(os.path.join(d, "summary.json"), summary)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mnist_cnn import backprop, data, losses, networks
+from mnist_cnn import augment, backprop, data, losses, networks
 
 
 @flax.struct.dataclass
@@ -214,73 +214,116 @@ def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
     learning rate scales the updates of `tx` (built with config.learning_rate, so its
     schedule's shape is kept); under "keep", {layer index: dropout keep probability}
     (see traced_hp) overriding those layers' rates (autodiff only)."""
+    grads_of = make_grads(model, num_batches, config)
+    ema_decay = 0.0 if config is None else float(config.get("ema_decay", 0.0))
+
     def step(state: TrainState, images, labels, hp=None):
         hp = hp or {}
-        key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
-        if axis_name is not None:
-            key = jax.random.fold_in(key, lax.axis_index(axis_name))
-        grads, (loss, nll) = _grad(state.params, images, labels, key, hp.get("l2", lmbda),
-                                   hp.get("keep"))
+        key = _step_key(state, axis_name)
+        grads, (loss, nll) = grads_of(state.params, images, labels, key,
+                                      hp.get("l2", lmbda), hp.get("keep"))
         if axis_name is not None:
             grads, loss, nll = lax.pmean((grads, loss, nll), axis_name)
-        opt = tx if "momentum" not in hp else make_optimizer(config, num_batches,
-                                                             momentum=hp["momentum"])
+        opt = _optimizer_for(tx, hp, config, num_batches)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
-        if "learning_rate" in hp:
-            scale = hp["learning_rate"] / config.learning_rate
-            updates = jax.tree.map(lambda u: u * scale, updates)
-        params = optax.apply_updates(state.params, updates)
-        ema = None if state.ema is None else update_ema(state.ema, params, ema_decay)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             ema=ema), (loss, nll)
-
-    manual = config is not None and config.get("grad", "autodiff") == "manual"
-    ema_decay = 0.0 if config is None else float(config.get("ema_decay", 0.0))
-    step_flops = networks.model_flops(model.layers)[1]
-
-    def _grad(params, images, labels, key, l2, keep):
-        if manual and keep is not None:
-            raise ValueError("config.grad=manual takes dropout rates from config.layers "
-                             "only; a sweep over them runs its points one by one")
-        if manual:   # the chapter's problem solved by hand (mnist_cnn/backprop.py)
-            loss, nll, grads = backprop.network_grads(
-                params, model.layers, images, labels, l2, num_batches,
-                dropout_mode=model.dropout_mode, conv_impl=model.conv_impl,
-                dropout_key=key, with_nll=True)
-            return grads, (loss, nll)
-        micro = micro_batch_size(0 if config is None else config.get("micro_batch", 0),
-                                 images.shape[0], flops_per_image=step_flops)
-        if micro < images.shape[0]:
-            return _accumulated(params, images, labels, key, l2, keep, micro)
-        (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model, images, labels, key, l2, num_batches, True, keep)
-        return grads, (loss, nll)
-
-    def _accumulated(params, images, labels, key, l2, keep, micro):
-        """The mini-batch's gradient as the mean of its micro-batches' (equal slices, so
-        the same cost and gradient up to float rounding), accumulated in a scan, each
-        with the dropout key folded with its index. Up to MAX_UNROLLED_SLICES slices
-        (auto makes two of 128) the scan is unrolled: XLA's CPU runtime then runs the
-        slices' independent operations side by side on its threads, +8-12% at
-        mini-batch 128 (docs/benchmarks.md)."""
-        k = images.shape[0] // micro
-        xs = images.reshape(k, micro, *images.shape[1:])
-        ys = labels.reshape(k, micro)
-
-        def body(acc, part):
-            i, x, y = part
-            (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, model, x, y, jax.random.fold_in(key, i), l2, num_batches, True, keep)
-            return jax.tree.map(jnp.add, acc, (grads, loss, nll)), None
-
-        zero = jnp.zeros((), jnp.float32)
-        acc = (jax.tree.map(jnp.zeros_like, params), zero, zero)
-        (grads, loss, nll), _ = lax.scan(body, acc, (jnp.arange(k), xs, ys),
-                                         unroll=k <= MAX_UNROLLED_SLICES)
-        grads = jax.tree.map(lambda g: g / k, grads)
-        return grads, (loss / k, nll / k)
+        updates = _scaled_updates(updates, hp, config)
+        return _apply_updates(state, updates, opt_state, ema_decay), (loss, nll)
 
     return step
+
+
+def _step_key(state: TrainState, axis_name):
+    """The step's dropout key: the state's stream 0 at this step, and under pmap this
+    device's own."""
+    key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
+    if axis_name is not None:
+        key = jax.random.fold_in(key, lax.axis_index(axis_name))
+    return key
+
+
+def _optimizer_for(tx, hp: dict, config, num_batches: int):
+    """tx, or the same optimizer with a sweep's momentum (hp["momentum"])."""
+    if "momentum" not in hp:
+        return tx
+    return make_optimizer(config, num_batches, momentum=hp["momentum"])
+
+
+def _scaled_updates(updates, hp: dict, config):
+    """The updates, times a sweep's learning rate (hp["learning_rate"]) over the
+    config.learning_rate the optimizer was built with."""
+    if "learning_rate" not in hp:
+        return updates
+    scale = hp["learning_rate"] / config.learning_rate
+    return jax.tree.map(lambda u: u * scale, updates)
+
+
+def _apply_updates(state: TrainState, updates, opt_state, ema_decay: float) -> TrainState:
+    """The state one step on: its parameters updated, and its weight average with them."""
+    params = optax.apply_updates(state.params, updates)
+    ema = None if state.ema is None else update_ema(state.ema, params, ema_decay)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+
+
+def make_grads(model, num_batches: int, config=None):
+    """grads(params, images, labels, key, l2, keep) -> (gradients, (loss, nll)) of
+    loss_fn on one device's mini-batch: by hand with config.grad=manual
+    (mnist_cnn/backprop.py), else by jax.grad on the whole batch or accumulated over
+    micro-batches of micro_batch_size(config.micro_batch, ...)."""
+    if config is not None and config.get("grad", "autodiff") == "manual":
+        return partial(_manual_grads, model, num_batches)
+    requested = 0 if config is None else config.get("micro_batch", 0)
+    flops = networks.model_flops(model.layers)[1]
+
+    def grads(params, images, labels, key, l2, keep):
+        micro = micro_batch_size(requested, images.shape[0], flops_per_image=flops)
+        if micro < images.shape[0]:
+            return _accumulated_grads(model, num_batches, micro, params, images, labels,
+                                      key, l2, keep)
+        return _autodiff_grads(model, num_batches, params, images, labels, key, l2, keep)
+
+    return grads
+
+
+def _manual_grads(model, num_batches, params, images, labels, key, l2, keep):
+    if keep is not None:
+        raise ValueError("config.grad=manual takes dropout rates from config.layers "
+                         "only; a sweep over them runs its points one by one")
+    loss, nll, grads = backprop.network_grads(
+        params, model.layers, images, labels, l2, num_batches,
+        dropout_mode=model.dropout_mode, conv_impl=model.conv_impl, dropout_key=key,
+        with_nll=True)
+    return grads, (loss, nll)
+
+
+def _autodiff_grads(model, num_batches, params, images, labels, key, l2, keep):
+    (loss, nll), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, model, images, labels, key, l2, num_batches, True, keep)
+    return grads, (loss, nll)
+
+
+def _accumulated_grads(model, num_batches, micro, params, images, labels, key, l2, keep):
+    """The mini-batch's gradient as the mean of its micro-batches' (equal slices, so
+    the same cost and gradient up to float rounding), accumulated in a scan, each
+    with the dropout key folded with its index. Up to MAX_UNROLLED_SLICES slices
+    (auto makes two of 128) the scan is unrolled: XLA's CPU runtime then runs the
+    slices' independent operations side by side on its threads, +8-12% at
+    mini-batch 128 (docs/benchmarks.md)."""
+    k = images.shape[0] // micro
+    xs = images.reshape(k, micro, *images.shape[1:])
+    ys = labels.reshape(k, micro)
+
+    def body(acc, part):
+        i, x, y = part
+        grads, (loss, nll) = _autodiff_grads(model, num_batches, params, x, y,
+                                             jax.random.fold_in(key, i), l2, keep)
+        return jax.tree.map(jnp.add, acc, (grads, loss, nll)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    acc = (jax.tree.map(jnp.zeros_like, params), zero, zero)
+    (grads, loss, nll), _ = lax.scan(body, acc, (jnp.arange(k), xs, ys),
+                                     unroll=k <= MAX_UNROLLED_SLICES)
+    grads = jax.tree.map(lambda g: g / k, grads)
+    return grads, (loss / k, nll / k)
 
 
 def make_train_chunk(model, tx, config, num_batches: int, stacked: bool = False):
@@ -322,11 +365,11 @@ def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_na
                     x, y = images[idx], labels[idx]
                 if shift:
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 2), state.step)
-                    x = data.random_shift(key, x, shift)
+                    x = augment.random_shift(key, x, shift)
                 x = data.to_float(x)
                 if rotate or zoom or elastic:
                     key = jax.random.fold_in(jax.random.fold_in(state.key, 3), state.step)
-                    x = data.random_warp(key, x[..., 0], rotate, zoom, elastic, sigma)[..., None]
+                    x = augment.random_warp(key, x[..., 0], rotate, zoom, elastic, sigma)[..., None]
                 x, y = per_device(x, y)
                 return step(state, x, y, hp)
 
@@ -345,14 +388,14 @@ def eval_views(shifts: int):
     """The (dy, dx) shifts test-time augmentation averages over: the image itself, then
     for s = 1..shifts the book's four directions (down, up, right, left) by s pixels."""
     return [(0, 0)] + [(s * dy, s * dx) for s in range(1, shifts + 1)
-                       for dy, dx in data.BOOK_SHIFTS]
+                       for dy, dx in augment.BOOK_SHIFTS]
 
 
 def eval_warps(rotate: float = 0.0, zoom: float = 0.0):
     """The (degrees, zoom factor) views test-time augmentation adds to eval_views: the
     image rotated by +rotate and -rotate degrees about its centre (rotate > 0), then
     zoomed by 1 - zoom and 1 + zoom (zoom > 0); bilinear, as the training's random
-    rotations and zooms (data.affine)."""
+    rotations and zooms (augment.affine)."""
     warps = [(rotate, 1.0), (-rotate, 1.0)] if rotate else []
     return warps + ([(0.0, 1.0 - zoom), (0.0, 1.0 + zoom)] if zoom else [])
 
@@ -369,8 +412,8 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int
     "keep", one per member), for network3's (1-p) scaling at evaluation.
     shifts, rotate, zoom: test-time augmentation (config.eval_shifts, eval_rotate,
     eval_zoom): the probabilities are the mean of the softmax over eval_views(shifts),
-    each image shifted with the vacated pixels zeroed (data.shift_image), and
-    eval_warps(rotate, zoom), each image rotated or zoomed (data.affine); all 0: the
+    each image shifted with the vacated pixels zeroed (augment.shift_image), and
+    eval_warps(rotate, zoom), each image rotated or zoomed (augment.affine); all 0: the
     image alone."""
     views, warps = eval_views(shifts), eval_warps(rotate, zoom)
 
@@ -386,12 +429,12 @@ def make_predict(model, eval_batch_size: int, stacked: bool = False, shifts: int
         def batch(x):
             if len(views) == 1 and not warps:
                 return one(x)
-            total = sum(one(data.shift_image(x, dy, dx)) for dy, dx in views)
+            total = sum(one(augment.shift_image(x, dy, dx)) for dy, dx in views)
             flat = data.to_float(x)[..., 0]
             for degrees, scale in warps:
                 theta = jnp.full((x.shape[0],), degrees * jnp.pi / 180, jnp.float32)
                 scales = jnp.full((x.shape[0],), scale, jnp.float32)
-                total = total + soft(data.affine(flat, theta, scales)[..., None])
+                total = total + soft(augment.affine(flat, theta, scales)[..., None])
             return total / (len(views) + len(warps))
         return lax.map(batch, xs).reshape(-1, 10)[:n]
 

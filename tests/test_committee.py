@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from mnist_cnn import committee, data, driver
+from mnist_cnn import augment, committee, data, driver
 from mnist_cnn import config as config_lib
 from tests.test_run import assert_user_error, run
 
@@ -291,6 +291,70 @@ def test_bad_vote_requests(tmp_path, mnist_dir):
         committee.vote_runs([str(tmp_path)], rule="borda")
 
 
+def _vote_option_cases(tmp_path):
+    missing = tmp_path / "no"
+    return [
+        (dict(outputs_precision="half"),
+         "--vote_save_precision must be one of float32, float16, got 'half'"),
+        (dict(select="best"), "--vote_select must be one of all, greedy, got 'best'"),
+        (dict(rule="borda"),
+         "--vote_rule must be one of auto, plurality, mean_softmax, got 'borda'"),
+        (dict(eval_shifts=28), "--vote_eval_shifts must be in [0, 27] pixels (or -1: each "
+         "run's own config.eval_shifts), got 28"),
+        (dict(eval_rotate=50.0), "--vote_eval_rotate must be in [0, 45.0] degrees (or -1: "
+         "each run's own config.eval_rotate), got 50.0"),
+        (dict(eval_zoom=-0.1), "--vote_eval_zoom must be in [0, 0.5] (or -1: each run's "
+         "own config.eval_zoom), got -0.1"),
+        (dict(outputs_path="x.json"), "--vote_save_outputs=x.json: the file name must end "
+         "in .npz"),
+        (dict(outputs_path=str(missing / "x.npz")), f"--vote_save_outputs={missing}/x.npz: "
+         f"no directory {missing}; create it first"),
+        (dict(select="best", rule="borda"),
+         "--vote_select must be one of all, greedy, got 'best'"),
+    ]
+
+
+def test_vote_options_name_the_bad_flag_word_for_word(tmp_path):
+    for fields, message in _vote_option_cases(tmp_path):
+        with pytest.raises(committee.CommitteeError) as e:
+            committee.VoteOptions(**fields).check()
+        assert str(e.value) == message, fields
+    fine = committee.VoteOptions(eval_shifts=27, eval_rotate=45.0, eval_zoom=0.5,
+                                 select="greedy", rule="mean_softmax",
+                                 outputs_path=str(tmp_path / "x.npz"),
+                                 outputs_precision="float16")
+    assert fine.check() is fine and committee.VoteOptions().check() == committee.VoteOptions()
+    assert fine.views() == dict(eval_shifts=27, eval_rotate=45.0, eval_zoom=0.5)
+
+
+def test_vote_runs_checks_its_options_before_its_runs():
+    """vote_runs takes a VoteOptions, its fields one by one, or both (the fields win);
+    every option is checked before the list of runs."""
+    with pytest.raises(committee.CommitteeError, match="--vote_rule must be one of"):
+        committee.vote_runs([], options=committee.VoteOptions(rule="borda"))
+    with pytest.raises(committee.CommitteeError, match="--vote_rule must be one of"):
+        committee.vote_runs([], rule="borda")
+    with pytest.raises(committee.CommitteeError, match="--vote_runs is empty"):
+        committee.vote_runs([], options=committee.VoteOptions(rule="borda"),
+                            rule="plurality")
+
+
+def test_vote_flags_become_vote_options():
+    """run.py --mode=vote's flags (-1: each run's own views) as the options voted with."""
+    from types import SimpleNamespace
+
+    from mnist_cnn import cli
+    flags = SimpleNamespace(config=None, vote_runs=["a", "b.npz"], vote_eval_shifts=-1,
+                            vote_eval_rotate=5.0, vote_eval_zoom=-1.0,
+                            vote_select="greedy", vote_rule="plurality",
+                            vote_save_outputs="out.npz", vote_save_precision="float16")
+    runs, options = cli._vote_plan(flags)
+    assert runs == ["a", "b.npz"]
+    assert options == committee.VoteOptions(
+        eval_shifts=None, eval_rotate=5.0, eval_zoom=None, select="greedy",
+        rule="plurality", outputs_path="out.npz", outputs_precision="float16")
+
+
 def test_run_py_vote_flags_offer_exactly_the_committees_choices():
     # run.py keeps jax out of flag parsing, so it spells the choices out again: they
     # must stay the ones committee.vote_runs accepts (read off run.py's source).
@@ -496,8 +560,8 @@ def test_preprocessed_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_
     test = data.load(data_dir=mnist_dir).test
     accuracy = lambda images: np.mean(committee.member_probabilities(
         model, params, False, images, 500)[0].argmax(-1) == test.labels)
-    own = (data.width_normalize(test.images, 14) if "width_norm" in how
-           else data.deskew(test.images))
+    own = (augment.width_normalize(test.images, 14) if "width_norm" in how
+           else augment.deskew(test.images))
     assert accuracy(own) == pytest.approx(s["final_test_accuracy"])
     assert accuracy(test.images) != pytest.approx(s["final_test_accuracy"], abs=1e-3)
 

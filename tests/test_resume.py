@@ -188,3 +188,118 @@ def test_run_saved_before_a_field_existed_resumes_with_that_field_at_its_default
         "layers[0].batch_norm: False -> True", "width_norm: 0 -> 14"]
     with pytest.raises(driver.RunError, match="width_norm: 0 -> 14"):
         driver.inspect_workdir(str(tmp_path), changed, overwrite=False)
+
+
+# ---- a checkpoint in the stored format (tests/data/mid_epoch_checkpoint) ----
+
+FIXTURE = os.path.join(ROOT, "tests", "data", "mid_epoch_checkpoint")
+
+
+def synthetic_dataset():
+    """The fixture's data: 64 training, 32 validation and 32 test images of noise."""
+    from mnist_cnn import data
+    rng = np.random.default_rng(0)
+    split = lambda n: data.Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                                 rng.integers(0, 10, n).astype(np.int32))
+    return data.Dataset(train=split(64), validation=split(32), test=split(32),
+                        source="synthetic")
+
+
+def fixture_config(**overrides):
+    """Two stacked members with dropout, shuffling and a weight average, 16 mini-batches
+    an epoch, checkpointed every 4."""
+    from mnist_cnn import config as config_lib
+    c = config_lib.base_config()
+    c.name = "checkpoint_fixture"
+    c.layers = (config_lib.conv_pool(2, kernel=5, activation="relu"),
+                config_lib.fc(8, activation="sigmoid", dropout=0.2), config_lib.softmax(10))
+    c.update(batch_size=4, learning_rate=0.05, l2=0.1, init="modern", train_size=64,
+             num_epochs=3, shuffle=True, num_members=2, ema_decay=0.9,
+             checkpoint_every_steps=4, chunk_steps=4, keep_checkpoints=1, plots=False)
+    c.update(overrides)
+    return c
+
+
+def flat_state(workdir, config):
+    """{path: array} of the newest checkpoint's state, as finished/state.npz stores it."""
+    import flax
+    from mnist_cnn import checkpoint, networks, train
+    model = networks.from_config(config)
+    like = train.with_ema(train.init_states(model, train.make_optimizer(config, 16),
+                                            config.seed, 2), config.ema_decay)
+    state, meta = checkpoint.restore_latest(checkpoint.manager(str(workdir), 1), like)
+    flat = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(state), sep="/")
+    return {k: np.asarray(v) for k, v in flat.items() if v is not None}, meta
+
+
+@pytest.fixture(scope="module")
+def resumed_fixture(tmp_path_factory):
+    """The stored run directory (checkpointed at step 8 of 16 in epoch 2) resumed to
+    the end with today's driver: (directory, log lines)."""
+    import shutil
+    from mnist_cnn import data, driver
+    w = tmp_path_factory.mktemp("fixture") / "run"
+    shutil.copytree(os.path.join(FIXTURE, "run"), w)
+    stale = w / "tensorboard"   # what a killed process may leave: superseded on resume
+    stale.mkdir()
+    (stale / "events.out.tfevents.0.stale").write_bytes(b"")
+    lines = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "load", lambda *a, **k: synthetic_dataset())
+        driver.run(fixture_config(), str(w), log=lines.append)
+    return w, lines
+
+
+def test_stored_checkpoint_record_reads_and_writes_unchanged():
+    """driver.RunPosition reads the checkpoint's JSON record and writes it back with the
+    same keys, order and values."""
+    from mnist_cnn import driver
+    path = os.path.join(FIXTURE, "run", "checkpoints", "24", "meta", "metadata")
+    with open(path) as f:
+        record = json.load(f)
+    pos = driver.RunPosition.from_dict(record)
+    assert (pos.epoch, pos.step_in_epoch, len(pos.metrics)) == (1, 8, 1)
+    assert json.dumps(pos.to_dict()) == json.dumps(record)
+    without = {k: v for k, v in record.items() if k != "member_loss_sums"}
+    assert driver.RunPosition.from_dict(without).member_loss_sums is None
+
+
+def test_stored_checkpoint_resumes_where_it_stopped(resumed_fixture):
+    w, lines = resumed_fixture
+    assert "resuming from the checkpoint at step 8 of 16 in epoch 2" in lines
+    assert [l.split(":")[0] for l in lines if l.startswith("epoch ")] == ["epoch 2", "epoch 3"]
+    metrics = [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    with open(os.path.join(FIXTURE, "run", "metrics.jsonl")) as f:
+        assert metrics[0] == json.loads(f.readline())   # epoch 1, from the checkpoint
+    _, meta = flat_state(w, fixture_config())
+    with open(os.path.join(FIXTURE, "run", "checkpoints", "24", "meta", "metadata")) as f:
+        assert list(meta) == list(json.load(f))   # the record written keeps its format
+    assert (meta["epoch"], meta["step_in_epoch"], len(meta["metrics"])) == (3, 0, 3)
+    assert not (w / "tensorboard" / "events.out.tfevents.0.stale").exists()
+    from tests.test_tensorboard import read_scalars
+    scalars = read_scalars(w / "tensorboard")   # fails on a (tag, step) written twice
+    assert scalars["train_loss"] == {m["epoch"]: np.float32(m["train_loss"]) for m in metrics}
+
+
+def test_stored_checkpoint_resumes_bit_exact(resumed_fixture):
+    """Resumed, the run ends with the parameters, metrics and summary of the same run
+    uninterrupted (finished/, written with the checkpoint), bit for bit."""
+    import jax
+    w, _ = resumed_fixture
+    with open(os.path.join(FIXTURE, "finished", "summary.json")) as f:
+        want = json.load(f)
+    if (jax.__version__, jax.default_backend()) != (want["jax_version"], want["platform"]):
+        pytest.skip(f"the fixture was computed with jax {want['jax_version']} on "
+                    f"{want['platform']}")
+    strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}
+    got = json.loads((w / "summary.json").read_text())
+    assert strip(got) == strip(want)
+    with open(os.path.join(FIXTURE, "finished", "metrics.jsonl")) as f:
+        want_metrics = [strip(json.loads(l)) for l in f]
+    got_metrics = [strip(json.loads(l)) for l in (w / "metrics.jsonl").read_text().splitlines()]
+    assert got_metrics == want_metrics
+    state, _ = flat_state(w, fixture_config())
+    reference = np.load(os.path.join(FIXTURE, "finished", "state.npz"))
+    assert sorted(state) == sorted(reference.files)
+    for k in reference.files:
+        np.testing.assert_array_equal(state[k], reference[k], err_msg=k)

@@ -9,6 +9,7 @@ import pytest
 from experiments import dbl_conv_relu
 from mnist_cnn import sweep
 from tests.test_run import assert_user_error, run
+from tests.test_tensorboard import read_scalars
 
 QUICK = ["--config=experiments/dbl_conv_relu.py", "--config.train_size=100",
          "--config.num_epochs=1", "--config.plots=False", "--config.batch_size=20"]
@@ -185,6 +186,9 @@ def _vmapped_and_sequential(tmp_path, args, num_points):
             assert ("validation_accuracy" in a) == ("validation_accuracy" in b)
             if "validation_accuracy" in a:
                 assert abs(a["validation_accuracy"] - b["validation_accuracy"]) <= 0.002
+        lr_v, lr_s = (read_scalars(tmp_path / w / d / "tensorboard")["learning_rate"]
+                      for w in ("v", "s"))   # each point's own schedule, both ways
+        assert lr_v.keys() == lr_s.keys() and lr_v == pytest.approx(lr_s, rel=1e-6)
         pairs[d] = (mv, ms)
     return pairs
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mnist_cnn import config as config_lib
-from mnist_cnn import data, losses, networks, train
+from mnist_cnn import augment, data, losses, networks, train
 
 
 def tiny_config(**overrides):
@@ -98,8 +98,8 @@ def test_scan_equals_python_loop_of_steps():
     (0, 15.0, 0.0, 0.0), (2, 10.0, 0.1, 0.0), (0, 0.0, 0.2, 0.0), (0, 0.0, 0.0, 34.0),
     (2, 10.0, 0.1, 20.0)])
 def test_scan_augments_each_step_with_its_own_seeded_affine_draw(shift, rotate, zoom, elastic):
-    """The jitted epoch equals a Python loop that applies data.random_shift and
-    data.random_affine (data.random_warp with an elastic field) with the documented
+    """The jitted epoch equals a Python loop that applies augment.random_shift and
+    augment.random_affine (augment.random_warp with an elastic field) with the documented
     per-step keys; and it differs from no augmentation."""
     c = tiny_config(augment_shift=shift, augment_rotate=rotate, augment_scale=zoom,
                     augment_elastic=elastic, augment_elastic_sigma=5.0)
@@ -111,13 +111,13 @@ def test_scan_augments_each_step_with_its_own_seeded_affine_draw(shift, rotate, 
     for i in range(nb):
         xb = x[4 * i:4 * i + 4]
         if shift:
-            xb = data.random_shift(jax.random.fold_in(jax.random.fold_in(loop.key, 2), loop.step),
-                                   xb, shift)
+            xb = augment.random_shift(
+                jax.random.fold_in(jax.random.fold_in(loop.key, 2), loop.step), xb, shift)
         key = jax.random.fold_in(jax.random.fold_in(loop.key, 3), loop.step)
         if elastic:
-            xf = data.random_warp(key, data.to_float(xb)[..., 0], rotate, zoom, elastic, 5.0)
+            xf = augment.random_warp(key, data.to_float(xb)[..., 0], rotate, zoom, elastic, 5.0)
         else:
-            xf = data.random_affine(key, data.to_float(xb)[..., 0], rotate, zoom)
+            xf = augment.random_affine(key, data.to_float(xb)[..., 0], rotate, zoom)
         xf = xf[..., None]
         loop, _ = step(loop, xf, y[4 * i:4 * i + 4])
     _, _, state2 = setup(c, nb)

@@ -1,0 +1,118 @@
+"""What a run records as it trains: metrics.jsonl and TensorBoard event files beside it.
+
+metrics.jsonl (one JSON object per finished epoch) is the record every tool reads.
+DIR/tensorboard/ shows the same numbers in TensorBoard (`tensorboard --logdir runs/`),
+written with tensorboardX, which needs no TensorFlow: at step `epoch`, each number of
+the epoch's metrics.jsonl line under its key (`train_loss`, `validation_accuracy`,
+`train_images_per_s`, ...), each per-member list of a stacked run as
+`members/{i}/{key without "members_"}`, and the learning rate. TensorBoard stores
+float32, so its values are metrics.jsonl's rounded to float32.
+
+On resume both are rewritten from the checkpoint's metrics, so each finished epoch
+appears once in each, whatever a killed process had written past its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Callable
+
+TENSORBOARD_DIR = "tensorboard"
+MEMBERS_PREFIX = "members_"
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def append_jsonl(path: str, obj) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def jsonl_text(records) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
+def tensorboard_scalars(record: dict) -> dict[str, float]:
+    """{tag: value} of one metrics.jsonl line: every number but `epoch` under its key,
+    and a per-member list `members_KEY` as `members/{i}/KEY`."""
+    out = {}
+    for key, value in record.items():
+        if key == "epoch" or isinstance(value, bool):
+            continue
+        if key.startswith(MEMBERS_PREFIX) and isinstance(value, list):
+            for i, v in enumerate(value):
+                out[f"members/{i}/{key[len(MEMBERS_PREFIX):]}"] = float(v)
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+class Recorder:
+    """metrics.jsonl and tensorboard/ of one run directory, from the epochs a checkpoint
+    holds on. `extra(epoch)` gives scalars TensorBoard shows beside each epoch's
+    metrics (the learning rate). Without a directory (a multi-process run's process >
+    0) it writes nothing. A context manager: leaving it closes the event file."""
+
+    def __init__(self, workdir: str | None, metrics, extra: Callable[[int], dict]):
+        self.path = workdir and os.path.join(workdir, "metrics.jsonl")
+        self.extra, self.writer = extra, None
+        if not workdir:
+            return
+        write_text_atomic(self.path, jsonl_text(metrics))
+        logdir = os.path.join(workdir, TENSORBOARD_DIR)
+        shutil.rmtree(logdir, ignore_errors=True)
+        from tensorboardX import SummaryWriter   # imported on use, as orbax is
+        self.writer = SummaryWriter(logdir)
+        for record in metrics:
+            self._scalars(record)
+        self.writer.flush()
+
+    def add(self, record: dict) -> None:
+        """One finished epoch: a synced line of metrics.jsonl, then its scalars."""
+        if not self.path:
+            return
+        append_jsonl(self.path, record)
+        self._scalars(record)
+        self.writer.flush()
+
+    def _scalars(self, record: dict) -> None:
+        epoch = record["epoch"]
+        scalars = {**tensorboard_scalars(record), **self.extra(epoch)}
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step=epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_records(workdir: str, metrics, extra: Callable[[int], dict] = lambda epoch: {}):
+    """metrics.jsonl and tensorboard/ of a run directory whose epochs are `metrics`
+    (such as one point of a vmapped sweep, split from its group's records)."""
+    Recorder(workdir, metrics, extra).close()

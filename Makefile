@@ -1,3 +1,4 @@
+# make install installs the package (pip install -e .) with its tests' tools into .venv
 # make train   installs into .venv and trains dbl_conv_relu on real MNIST (60 epochs)
 # make test    installs into .venv and runs the tests
 # make bench   installs into .venv and runs the conv benchmark
@@ -12,7 +13,7 @@ TEST_WORKERS ?= 2
 
 .PHONY: install train test bench
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt

@@ -253,21 +253,11 @@ def stage_train(s, name, exp, extra, margin=15):
 
 
 def run_config(exp, extra):
-    """The run's config as run.py would build it: the experiment's get_config, then each
-    --config.field=value flag of extra (a Python literal, else the string)."""
-    import ast
-    import importlib
-    sys.path.insert(0, ROOT)
-    path, _, arg = exp.partition(":")
-    module = importlib.import_module("experiments." + path.removesuffix(".py"))
-    c = module.get_config(arg) if arg else module.get_config()
-    for e in extra:
-        field, _, value = e.removeprefix("--config.").partition("=")
-        try:
-            c[field] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            c[field] = value
-    return c
+    """The run's config exactly as run.py builds it from --config=experiments/EXP and
+    the --config.FIELD=V flags of extra."""
+    from mnist_cnn.committee_config import parse_config_flags
+    return parse_config_flags([f"--config={os.path.join(ROOT, 'experiments', exp)}",
+                               *extra])
 
 
 def num_epochs(exp, extra):

@@ -16,12 +16,9 @@ Prints a Markdown table (ms and GFLOP/s per form) and optionally writes it as JS
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -13,12 +13,10 @@ run in turn. Same number of mini-batches per point; warm-up excluded; median of
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

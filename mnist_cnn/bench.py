@@ -249,11 +249,10 @@ def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
 def _main():
     """`python -m mnist_cnn.bench FLAGS`: `python run.py --mode=benchmark FLAGS`, the
     same flags, errors and outputs."""
-    import runpy
     import sys
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run.py")
-    sys.argv = [script, "--mode=benchmark", *sys.argv[1:]]
-    runpy.run_path(script, run_name="__main__")
+    from mnist_cnn import main
+    sys.argv = [sys.argv[0], "--mode=benchmark", *sys.argv[1:]]
+    main.run()
 
 
 if __name__ == "__main__":

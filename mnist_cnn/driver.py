@@ -35,8 +35,6 @@ import tqdm
 from mnist_cnn import augment, checkpoint, data, ensemble, metrics_io, networks, parallel
 from mnist_cnn import plots, train
 from mnist_cnn import config as config_lib
-# The run directory's atomic writes, which sweep.py and cli.py call as driver.write_*.
-from mnist_cnn.metrics_io import write_json_atomic, write_text_atomic  # noqa: F401
 
 
 class RunError(ValueError):
@@ -262,7 +260,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
         with locked(workdir), stop_on_signals() as stop:
             if mode == "fresh":
                 clear_run(workdir)
-                write_json_atomic(os.path.join(workdir, "config.json"), config_dict)
+                metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), config_dict)
             return _train(plan, workdir, stop, t_start, progress, log)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
@@ -728,7 +726,7 @@ def _finish(ctx, host_state, pos, predictions) -> dict:
     config = ctx.plan.config
     if config.plots:
         _figures(config, list(pos.metrics), ctx.plan.ds, predictions, final, ctx.workdir)
-    write_json_atomic(os.path.join(ctx.workdir, "summary.json"), summary)
+    metrics_io.write_json_atomic(os.path.join(ctx.workdir, "summary.json"), summary)
     ctx.log(_result_line(summary))
     return summary
 

@@ -18,6 +18,7 @@ import os
 import re
 
 from mnist_cnn import config as config_lib
+from mnist_cnn import metrics_io
 
 GRID_FILE = "sweep.json"
 _INDEX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
@@ -161,7 +162,7 @@ def check_grid(workdir: str, record: dict) -> None:
                              f"{'; '.join(diff[:3])}")
         return
     os.makedirs(workdir, exist_ok=True)
-    driver.write_json_atomic(path, record)
+    metrics_io.write_json_atomic(path, record)
 
 
 def _axes_text(axes) -> str:
@@ -218,11 +219,11 @@ def tables(table_rows: list[dict], axes) -> tuple[str, str]:
 
 def write_outputs(workdir: str, axes) -> tuple[int, int]:
     """sweep.csv, sweep.md, sweep.png from every finished point; (finished, missing)."""
-    from mnist_cnn import driver, plots
+    from mnist_cnn import plots
     table_rows, missing = rows(workdir, axes)
     text_csv, text_md = tables(table_rows, axes)
-    driver.write_text_atomic(os.path.join(workdir, "sweep.csv"), text_csv)
-    driver.write_text_atomic(os.path.join(workdir, "sweep.md"), text_md)
+    metrics_io.write_text_atomic(os.path.join(workdir, "sweep.csv"), text_csv)
+    metrics_io.write_text_atomic(os.path.join(workdir, "sweep.md"), text_md)
     if table_rows:
         plots.sweep_plot(table_rows, axes, os.path.join(workdir, "sweep.png"))
     return len(table_rows), missing

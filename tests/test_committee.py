@@ -4,6 +4,7 @@ evaluation and ensemble vote, and bad input."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -343,12 +344,12 @@ def test_vote_flags_become_vote_options():
     """run.py --mode=vote's flags (-1: each run's own views) as the options voted with."""
     from types import SimpleNamespace
 
-    from mnist_cnn import cli
+    from mnist_cnn.cli import vote
     flags = SimpleNamespace(config=None, vote_runs=["a", "b.npz"], vote_eval_shifts=-1,
                             vote_eval_rotate=5.0, vote_eval_zoom=-1.0,
                             vote_select="greedy", vote_rule="plurality",
                             vote_save_outputs="out.npz", vote_save_precision="float16")
-    runs, options = cli._vote_plan(flags)
+    runs, options = vote.vote_plan(flags)
     assert runs == ["a", "b.npz"]
     assert options == committee.VoteOptions(
         eval_shifts=None, eval_rotate=5.0, eval_zoom=None, select="greedy",
@@ -356,18 +357,30 @@ def test_vote_flags_become_vote_options():
 
 
 def test_run_py_vote_flags_offer_exactly_the_committees_choices():
-    # run.py keeps jax out of flag parsing, so it spells the choices out again: they
-    # must stay the ones committee.vote_runs accepts (read off run.py's source).
-    import ast
-    import pathlib
+    # The vote flags keep jax out of flag parsing, so they spell the choices out again:
+    # they must stay the ones committee.vote_runs accepts.
+    from absl import flags
 
-    tree = ast.parse((pathlib.Path(__file__).parents[1] / "run.py").read_text())
-    enums = {call.args[0].value: [e.value for e in call.args[2].elts]
-             for call in ast.walk(tree) if isinstance(call, ast.Call)
-             and getattr(call.func, "attr", "") == "DEFINE_enum"}
-    assert tuple(enums["vote_select"]) == committee.SELECTIONS
-    assert tuple(enums["vote_rule"]) == committee.RULES
-    assert tuple(enums["vote_save_precision"]) == committee.SAVE_PRECISIONS
+    import mnist_cnn.cli.vote   # noqa: F401  (defines the vote flags)
+    enum = lambda name: tuple(flags.FLAGS[name].parser.enum_values)
+    assert enum("vote_select") == committee.SELECTIONS
+    assert enum("vote_rule") == committee.RULES
+    assert enum("vote_save_precision") == committee.SAVE_PRECISIONS
+
+
+def test_helpshort_lists_training_flags_only():
+    """run.py --helpshort: the training (and multi-process) flags, none of another
+    mode's; --helpfull lists those under their mode's module."""
+    short = run("--helpshort")   # absl's help exits with status 1
+    assert "Traceback" not in short.stderr
+    listed = {m.group(1) for m in re.finditer(r"^\s+--(?:\[no\])?(\w+)", short.stdout,
+                                              re.M)}
+    assert {"config", "workdir", "mode", "overwrite", "coordinator_address"} <= listed
+    assert not [f for f in listed if f.startswith(("vote_", "sweep", "bench"))
+                or f in ("batch_sizes", "conv_impls", "repeats")], listed
+    full = run("--helpfull").stdout
+    for module in ("mnist_cnn.cli.vote", "mnist_cnn.cli.sweep", "mnist_cnn.cli.benchmark"):
+        assert module + ":" in full, module
 
 
 def _outputs(m=3, n_val=4, n_test=5, seed=0, **over):

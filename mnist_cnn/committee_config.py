@@ -18,6 +18,7 @@ test outputs (`--vote_save_outputs`), which `--mode=vote --config=FILE` votes fr
 from __future__ import annotations
 
 import os
+import re
 
 import ml_collections
 from absl import flags
@@ -59,6 +60,16 @@ def member_argv(m) -> list[str]:
     """The member's run.py flags: --config=..., each override, the seed."""
     return ([f"--config={m.config}"] + [f"--config.{o}" for o in m.overrides]
             + [f"--config.seed={m.seed}"])
+
+
+def member_name(index: int, m) -> str:
+    """The member's run directory name inside a committee's workdir, e.g.
+    '02_allconv_deskew=True_s3003': its position, experiment, overrides and seed."""
+    stem = os.path.basename(m.config.partition(":")[0]).removesuffix(".py")
+    variant = m.config.partition(":")[2]
+    parts = [f"{index:02d}", stem] + ([variant] if variant else []) + list(m.overrides)
+    name = "_".join(parts) + f"_s{m.seed}"
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "", name.replace("[", "").replace("]", ""))[:150]
 
 
 def member_config(m, root: str = ROOT):

@@ -9,6 +9,7 @@ run, committee or benchmark, with its command, machine, date and software versio
 
 from __future__ import annotations
 
+import ast
 import csv
 import glob
 import os
@@ -108,6 +109,18 @@ def experiment_files(root: str = ROOT) -> list[str]:
             if not path.endswith("__init__.py"):
                 names.append(os.path.relpath(path, os.path.join(root, "experiments"))[:-3])
     return names
+
+
+def docstring(name: str, root: str = ROOT) -> str:
+    """experiments/NAME.py's docstring, read without importing it."""
+    with open(os.path.join(root, "experiments", name + ".py")) as f:
+        return ast.get_docstring(ast.parse(f.read())) or ""
+
+
+def not_yet_measured(names: list[str], root: str = ROOT) -> set[str]:
+    """The experiments whose docstring says 'Expected: not yet measured' (a committee
+    named before its members train)."""
+    return {n for n in names if "Expected: not yet measured" in docstring(n, root)}
 
 
 def list_text(rows: list[dict], names: list[str]) -> str:

@@ -44,7 +44,8 @@ def test_list_shows_experiments_with_book_and_measured_numbers():
         assert line.split()[1:3] == [book, ours], line
     for name in report.experiment_files():
         assert any(l.startswith(name + " ") or l.startswith(name + ":") for l in lines), name
-    assert not any("not yet measured" in l for l in lines)
+    assert {l.split()[0] for l in lines if "not yet measured" in l} == \
+        report.not_yet_measured(report.experiment_files())
 
 
 def test_small_run_writes_every_run_file(tmp_path, mnist_dir):

@@ -25,11 +25,13 @@ flags.DEFINE_bool("overwrite", False, "Start over in --workdir, deleting the run
                   "(config, metrics, checkpoints). Without it a run there is resumed.")
 flags.DEFINE_bool("list", False, "List the experiments with the book's and our accuracy.")
 flags.DEFINE_bool("progress", None, "Show a progress bar (default: when stderr is a tty).")
-flags.DEFINE_enum("mode", "train", ["train", "benchmark", "vote"],
+flags.DEFINE_enum("mode", "train", ["train", "benchmark", "vote", "committee"],
                   "train: train the experiment (with --sweep: a grid of runs); benchmark: "
                   "measure its network's speed; vote: finished runs, saved outputs or a "
-                  "committee file vote on validation and test. Each mode's own flags: "
-                  "--helpfull, under mnist_cnn.cli.sweep, .vote and .benchmark.")
+                  "committee file vote on validation and test; committee: train a "
+                  "committee file's unfinished members, then vote. Each mode's own "
+                  "flags: --helpfull, under mnist_cnn.cli.sweep, .vote, .committee and "
+                  ".benchmark.")
 
 
 def _fail(message: str, code: int = 2):

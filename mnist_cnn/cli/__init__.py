@@ -3,6 +3,7 @@
 - train.py: train the experiment (and its multi-process flags);
 - sweep.py: --sweep grids, shards and collection;
 - vote.py: --mode=vote, committees of finished runs, saved outputs or a committee file;
+- committee.py: --mode=committee, a committee file trained and voted in one command;
 - benchmark.py: --mode=benchmark.
 
 The flags are defined at import, cheaply (absl only); each mode imports the modules it
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from mnist_cnn.cli import benchmark, sweep, train, vote
+from mnist_cnn.cli import benchmark, committee, sweep, train, vote
 
 
 def list_experiments() -> str:
@@ -57,11 +58,14 @@ def main(flags) -> int:
         return 0
     if flags.mode == "vote":
         return exit_code(vote.vote, flags)
+    if flags.mode == "committee":
+        return exit_code(committee.train_and_vote, flags)
     if flags.config is None:
         return _fail("--config is required, e.g. --config=experiments/dbl_conv_relu.py "
                      "(python run.py --list shows them all)")
     if committee_config.is_committee(flags.config):
-        return _fail("--config names a committee file: vote it with --mode=vote")
+        return _fail("--config names a committee file: train and vote it with "
+                     "--mode=committee, or vote its saved outputs with --mode=vote")
     if flags.mode == "benchmark":
         return benchmark.benchmark(flags)
     if not flags.workdir:

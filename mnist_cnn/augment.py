@@ -8,6 +8,7 @@ whole split. No Python loop over images.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -281,5 +282,6 @@ def preprocessed(ds: data.Dataset, width: int = 0, deskewed: bool = False) -> da
     if not width and not deskewed:
         return ds
     norm = lambda s: data.Split(np.asarray(preprocess(s.images, width, deskewed)), s.labels)
-    return data.Dataset(norm(ds.train), norm(ds.validation), norm(ds.test),
-                        f"{ds.source}, {preprocessing_text(width, deskewed)}")
+    return dataclasses.replace(   # the dataset's name and files' SHA-256s stay
+        ds, train=norm(ds.train), validation=norm(ds.validation), test=norm(ds.test),
+        source=f"{ds.source}, {preprocessing_text(width, deskewed)}")

@@ -38,11 +38,6 @@ def vote(kind: str, probabilities):
     raise ValueError(f"unknown vote {kind!r}; choose one of {VOTES}")
 
 
-def stack_states(states):
-    """A list of same-shaped pytrees -> one pytree with a leading member axis."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-
 def member(tree, i: int):
     """Member i of a stacked pytree."""
     return jax.tree.map(lambda x: x[i], tree)

@@ -14,11 +14,12 @@ def _plt():
 
 
 def _save(fig, path):
+    from mnist_cnn import metrics_io
     plt = _plt()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    with metrics_io.temp_beside(path, ".tmp.png") as tmp:   # a unique name: no collision
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
 
 
 def learning_curves(metrics: list[dict], path: str, title: str = ""):

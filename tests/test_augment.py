@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from mnist_cnn import augment, data  # conftest.py puts the repo root on sys.path
+from mnist_cnn import augment, data
 
 
 # ---------------------------------------------------------------------------------------
@@ -82,22 +82,14 @@ def test_random_shift_applies_one_shift_per_image_within_range():
     np.testing.assert_array_equal(out, again)
 
 
-def _scipy_affine(img, theta, scale):
-    """scipy.ndimage's bilinear affine map, the independent reference for augment.affine."""
-    m = np.array([[np.cos(theta), np.sin(theta)], [-np.sin(theta), np.cos(theta)]]) / scale
-    c = (np.array(img.shape) - 1) / 2
-    return ndimage.affine_transform(img, m, offset=c - m @ c, order=1,
-                                    mode="grid-constant", cval=0.0)
-
-
-def test_affine_matches_scipy_bilinear_rotation_and_zoom():
+def test_affine_matches_scipy_bilinear_rotation_and_zoom(scipy_affine):
     rng = np.random.default_rng(3)
     images = rng.random((6, 28, 28)).astype(np.float32)
     theta = np.array([0.0, 0.3, -0.5, 1.2, np.pi / 2, -2.0], np.float32)
     scale = np.array([1.0, 0.9, 1.15, 1.0, 0.8, 1.3], np.float32)
     got = np.asarray(augment.affine(images, theta, scale))
     for img, t, s, g in zip(images, theta, scale, got):
-        np.testing.assert_allclose(g, _scipy_affine(img.astype(np.float64), float(t), float(s)),
+        np.testing.assert_allclose(g, scipy_affine(img.astype(np.float64), float(t), float(s)),
                                    atol=2e-5)
 
 
@@ -112,7 +104,7 @@ def test_affine_identity_and_quarter_turn_are_exact():
     assert any(np.allclose(turned, np.rot90(images, k, axes=(1, 2)), atol=1e-5) for k in (1, 3))
 
 
-def test_random_affine_draws_per_image_within_range_and_is_seeded():
+def test_random_affine_draws_per_image_within_range_and_is_seeded(scipy_affine):
     rng = np.random.default_rng(5)
     images = rng.random((64, 28, 28)).astype(np.float32)
     key = jax.random.PRNGKey(7)
@@ -125,7 +117,7 @@ def test_random_affine_draws_per_image_within_range_and_is_seeded():
     assert np.abs(theta).max() <= 10 and np.abs(scale - 1).max() <= 0.1
     assert theta.std() > 3 and scale.std() > 0.03
     for i in (0, 17, 63):
-        np.testing.assert_allclose(out[i], _scipy_affine(images[i].astype(np.float64),
+        np.testing.assert_allclose(out[i], scipy_affine(images[i].astype(np.float64),
                                                          np.deg2rad(theta[i]), scale[i]),
                                    atol=2e-5)
     # Zero ranges leave the images as they are.

@@ -38,6 +38,7 @@ def test_conv_backward_matches_autodiff(kernel, stride, padding, c, o):
                                        w, dy), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(h=st.integers(5, 12), w_=st.integers(5, 12), k=st.integers(1, 5),
        s=st.integers(1, 3), c=st.integers(1, 3), o=st.integers(1, 3),
@@ -157,6 +158,7 @@ def test_network_grads_equal_jax_grad_of_the_flax_model(spec, init):
         np.testing.assert_allclose(mine, g, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_network_grads_with_dropout_masks_equal_autodiff():
     layers = (dict(config_lib.conv_pool(3, activation="relu")),
               dict(config_lib.fc(20, activation="relu", dropout=0.5)),
@@ -176,6 +178,7 @@ def test_network_grads_with_dropout_masks_equal_autodiff():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_network_grads_agree_with_float64_finite_differences():
     layers = (dict(config_lib.conv_pool(2, kernel=5, activation="tanh")),
               dict(config_lib.conv_pool(2, kernel=3, pool="l2", activation="sigmoid")),
@@ -186,9 +189,10 @@ def test_network_grads_agree_with_float64_finite_differences():
                               networks.init_params(model, jax.random.PRNGKey(5)))
         x = jax.random.uniform(jax.random.PRNGKey(6), (3, 28, 28, 1), jnp.float64)
         y = jnp.array([3, 1, 4])
-        cost = jax.jit(lambda p: B.network_grads(p, layers, x, y, lmbda=0.2,
-                                                 num_batches=10)[0])
-        _, grads = B.network_grads(params, layers, x, y, lmbda=0.2, num_batches=10)
+        cost_and_grads = jax.jit(lambda p: B.network_grads(p, layers, x, y, lmbda=0.2,
+                                                           num_batches=10))
+        cost = lambda p: cost_and_grads(p)[0]
+        _, grads = cost_and_grads(params)
         rng = np.random.default_rng(0)
         eps = 1e-6
         for name in params:
@@ -205,11 +209,10 @@ def test_network_grads_agree_with_float64_finite_differences():
                                                                           abs=1e-8)
 
 
-def test_training_with_manual_gradients_equals_autodiff():
+def test_training_with_manual_gradients_equals_autodiff(tiny_config, fake_data):
     """--config.grad=manual: an epoch of SGD with momentum, L2 and shuffling through the
     same optax step gives autodiff's parameters (float32 tolerance)."""
     from mnist_cnn import train
-    from tests.test_train import fake_data, tiny_config
     x, y = fake_data(40)
     out = {}
     for grad in ("autodiff", "manual"):
@@ -228,3 +231,53 @@ def test_training_with_manual_gradients_equals_autodiff():
     for a, b in zip(jax.tree.leaves(out["manual"][0].params),
                     jax.tree.leaves(out["autodiff"][0].params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["network3", "inverted"])
+def test_manual_training_steps_with_dropout_equal_jax_grad_with_the_same_masks(
+        mode, tiny_config, fake_data):
+    """config.grad=manual with dropout on the FC layer's and the softmax layer's inputs:
+    two SGD steps, each equal to a step down jax.grad of a forward pass written here
+    from mnist_cnn.layers with the masks of the manual path's stream: bernoulli(keep)
+    under fold_in(step key, layer index), the step key fold_in(fold_in(state.key, 0),
+    step)."""
+    from mnist_cnn import data, train
+    c = tiny_config(grad="manual", dropout_mode=mode, l2=0.1)
+    c.layers = (config_lib.conv_pool(3, activation="relu"),
+                config_lib.fc(12, activation="sigmoid", dropout=0.4),
+                config_lib.softmax(10, dropout=0.3))
+    x, y = fake_data(4)
+    x = data.to_float(x)
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, 10)
+    state = train.init_state(model, tx, 0)
+    step = jax.jit(train.make_train_step(model, tx, c.l2, 10, config=c))
+
+    def reference_step(state, dropped=True):
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
+        masks = [jax.random.bernoulli(jax.random.fold_in(key, i), keep if dropped else 1.0,
+                                      shape)
+                 for i, keep, shape in ((1, 0.6, (4, 432)), (2, 0.7, (4, 12)))]
+
+        def drop(h, mask, rate):
+            h = jnp.where(mask, h, 0.0)
+            return h / (1 - rate) if mode == "inverted" else h
+
+        def cost(p):
+            h = L.max_pool(L.conv2d(x, p["layer0_conv"]["w"], impl="xla"), 2)
+            h = jax.nn.relu(h + p["layer0_conv"]["b"]).reshape(4, -1)
+            h = jax.nn.sigmoid(drop(h, masks[0], 0.4) @ p["layer1_fc"]["w"]
+                               + p["layer1_fc"]["b"])
+            logits = drop(h, masks[1], 0.3) @ p["layer2_softmax"]["w"] + p["layer2_softmax"]["b"]
+            return losses.log_likelihood(logits, y) + losses.l2_penalty(p, 0.1, 10)
+
+        g = jax.grad(cost)(state.params)
+        return jax.tree.map(lambda p, d: p - c.learning_rate * d, state.params, g)
+
+    for _ in range(2):
+        want, undropped = reference_step(state), reference_step(state, dropped=False)
+        state, _ = step(state, x, y)
+        for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(state.params["layer1_fc"]["w"],   # the masks mattered
+                               undropped["layer1_fc"]["w"], rtol=1e-4, atol=1e-5)

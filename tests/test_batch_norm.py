@@ -11,7 +11,6 @@ import pytest
 
 from mnist_cnn import checkpoint, driver, networks, train
 from mnist_cnn import config as config_lib
-from tests.test_layers import conv_ref, pool_ref
 
 EPS = networks.BN_EPS
 
@@ -42,10 +41,17 @@ def perturbed_params(model, seed=0):
     return out
 
 
-def conv_layer_ref(x, p, act, train):
-    """act(g * (maxpool(conv(x)) - mean) / sqrt(var + eps) + b) in float64 numpy, with
-    the batch's moments (train) or the stored ones; also the batch's moments."""
-    y = pool_ref(conv_ref(x, p["w"], (1, 1), ((0, 0), (0, 0))), (2, 2), (2, 2), np.max)
+@pytest.fixture
+def conv_layer_ref(np_layers):
+    """conv_layer_ref(x, p, act, train) -> act(g * (maxpool(conv(x)) - mean) /
+    sqrt(var + eps) + b) in float64 numpy, with the batch's moments (train) or the
+    stored ones; and the batch's moments."""
+    return lambda x, p, act, train: _conv_layer_ref(np_layers, x, p, act, train)
+
+
+def _conv_layer_ref(np_layers, x, p, act, train):
+    y = np_layers.pool(np_layers.conv(x, p["w"], (1, 1), ((0, 0), (0, 0))), (2, 2), (2, 2),
+                       np.max)
     y = y.astype(np.float64)
     mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
     if not train:
@@ -59,7 +65,7 @@ def relu(v):
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
-def test_conv_layers_match_numpy(train_mode):
+def test_conv_layers_match_numpy(train_mode, conv_layer_ref):
     c = small_config()
     c.layers[2].dropout = 0.0     # deterministic forward, to compare the logits
     model = networks.from_config(c)
@@ -90,7 +96,7 @@ def test_training_normalises_each_feature_map():
     np.testing.assert_allclose(y.std((0, 1, 2)), params["layer0_conv"]["g"], rtol=1e-3)
 
 
-def batch_moments_ref(x, p):
+def batch_moments_ref(conv_layer_ref, x, p):
     """Layer 0's and layer 1's moments for one batch, as training sees them: layer 0
     normalised by this batch's own moments."""
     h, m0 = conv_layer_ref(x, p["layer0_conv"], relu, True)
@@ -98,7 +104,7 @@ def batch_moments_ref(x, p):
     return m0, m1
 
 
-def test_calibrate_sets_population_moments():
+def test_calibrate_sets_population_moments(conv_layer_ref):
     """make_calibrate = the size-weighted mean over batches (250 images in batches of
     80: three and a remainder of 10) of each batch's mean and mean square, computed in
     numpy; for one network and for stacked members."""
@@ -119,7 +125,7 @@ def test_calibrate_sets_population_moments():
         for m, p in enumerate(members if stacked else members[:1]):
             g = jax.tree.map(lambda v: np.asarray(v[m] if stacked else v), got)
             p = jax.tree.map(lambda v: np.asarray(v, np.float64), p)
-            per = [batch_moments_ref(xb, p) for xb in batches]
+            per = [batch_moments_ref(conv_layer_ref, xb, p) for xb in batches]
             sizes = np.array([len(xb) for xb in batches], np.float64)
             for layer, name in enumerate(("layer0_conv", "layer1_conv")):
                 means = np.array([q[layer][0] for q in per])
@@ -174,6 +180,7 @@ def test_stored_moments_get_no_gradient_and_stay_put_in_training():
         assert not np.allclose(state.params[name]["g"], params[name]["g"])
 
 
+@pytest.mark.slow
 def test_run_stores_calibrated_moments(tmp_path, mnist_dir):
     """A run with batch norm evaluates and checkpoints the population moments of the
     first bn_calibration_images training images."""
@@ -213,7 +220,9 @@ def test_bad_batch_norm_settings(change, fragment):
         config_lib.validate(c)
 
 
-def test_eval_every_skips_evaluations_without_changing_the_training(tmp_path, mnist_dir):
+@pytest.mark.slow
+def test_eval_every_skips_evaluations_without_changing_the_training(tmp_path,
+                                                                   load_synthetic):
     """A batch-norm ensemble run evaluated after every epoch and the same run evaluated
     after epochs 2 and 3 only (config.eval_every=2, the last always): the same training
     costs every epoch, the same weights and accuracies at the end (calibrating for an
@@ -221,6 +230,7 @@ def test_eval_every_skips_evaluations_without_changing_the_training(tmp_path, mn
     the summary's best-validation choice sees the evaluated epochs."""
     from mnist_cnn import committee, driver
     from experiments import modern
+    load_synthetic(n_train=300, n_validation=500, n_test=500)
     got = {}
     for every in (1, 2):
         c = modern.get_config("members=2,bn=1,fc=16")

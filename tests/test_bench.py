@@ -1,6 +1,9 @@
 """run.py --mode=benchmark: the table and benchmark.json, and its bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,15 +12,14 @@ import pytest
 from mnist_cnn import bench, networks
 from mnist_cnn import config as config_lib
 from mnist_cnn.config import conv_pool, fc, softmax
-from tests.test_run import assert_user_error, run
 
 QUICK = ["--config=experiments/dbl_conv_relu.py", "--bench_images=64", "--repeats=1"]
 
 
-def test_benchmark_writes_table_and_json(tmp_path):
+def test_benchmark_writes_table_and_json(tmp_path, run_py):
     out = tmp_path / "benchmark.json"
-    proc = run("--mode=benchmark", *QUICK, "--batch_sizes=8,16", "--conv_impls=patches",
-               "--dtypes=float32,bfloat16", f"--benchmark_out={out}")
+    proc = run_py("--mode=benchmark", *QUICK, "--batch_sizes=8,16", "--conv_impls=patches",
+                  "--dtypes=float32,bfloat16", f"--benchmark_out={out}")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert len(result["rows"]) == 4
@@ -35,35 +37,26 @@ def test_benchmark_writes_table_and_json(tmp_path):
     assert "| 16 | auto: 16 | patches | bfloat16 | 1 |" in proc.stdout   # batch, micro-batch, ...
 
 
-def test_benchmark_micro_batches_are_a_sweep_dimension(tmp_path):
-    out = tmp_path / "benchmark.json"
-    proc = run("--mode=benchmark", *QUICK, "--batch_sizes=8", "--conv_impls=patches",
-               "--micro_batches=0,4", f"--benchmark_out={out}")
+@pytest.mark.slow
+def test_python_m_mnist_cnn_bench_is_the_benchmark_mode_with_micro_batches(
+        tmp_path, repo_root, assert_user_error):
+    """python -m mnist_cnn.bench is --mode=benchmark; micro-batches are a dimension of
+    its grid (0: auto, here the whole mini-batch of 8)."""
+    bench_py = lambda *args: subprocess.run(
+        [sys.executable, "-m", "mnist_cnn.bench", *QUICK, *args], cwd=repo_root,
+        env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    out = tmp_path / "b.json"
+    proc = bench_py("--batch_sizes=8", "--conv_impls=patches", "--micro_batches=0,4",
+                    f"--benchmark_out={out}")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [r["micro_batch"] for r in rows] == [8, 4]   # auto: whole, for 8 images
+    assert [(r["batch_size"], r["micro_batch"]) for r in rows] == [(8, 8), (8, 4)]
     # XLA's count is of the whole step, however it is sliced (its loop bodies count once).
     assert rows[1]["xla_flops_per_image"] == pytest.approx(rows[0]["xla_flops_per_image"],
                                                            rel=0.05)
     assert "| 8 | 4 | patches | float32 | 1 |" in proc.stdout
     assert "| 8 | auto: 8 | patches | float32 | 1 |" in proc.stdout
-
-
-def test_python_m_mnist_cnn_bench_is_the_benchmark_mode(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from tests.test_run import ROOT
-    out = tmp_path / "b.json"
-    proc = subprocess.run([sys.executable, "-m", "mnist_cnn.bench", *QUICK, "--batch_sizes=8",
-                           "--conv_impls=patches", f"--benchmark_out={out}"], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert [r["batch_size"] for r in json.loads(out.read_text())["rows"]] == [8]
-    assert "| 8 | auto: 8 | patches | float32 | 1 |" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "mnist_cnn.bench", *QUICK, "--dtypes=float8"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert_user_error(bad, "dtype")
+    assert_user_error(bench_py("--dtypes=float8"), "dtype")
 
 
 def test_model_flops_by_hand_for_the_books_network():
@@ -117,8 +110,8 @@ def test_known_peaks_and_fraction():
     (["--batch_sizes=8", "--micro_batches=3"], "micro_batch (3) must divide"),
     (["--micro_batches=-1"], "--micro_batches"),
 ])
-def test_benchmark_bad_input(tmp_path, args, fragment):
+def test_benchmark_bad_input(tmp_path, args, fragment, run_py, assert_user_error):
     out = tmp_path / "b.json"
-    proc = run("--mode=benchmark", *QUICK, *args, f"--benchmark_out={out}")
+    proc = run_py("--mode=benchmark", *QUICK, *args, f"--benchmark_out={out}")
     assert_user_error(proc, fragment)
     assert not out.exists()

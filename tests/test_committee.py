@@ -11,7 +11,6 @@ import pytest
 
 from mnist_cnn import augment, committee, data, driver
 from mnist_cnn import config as config_lib
-from tests.test_run import assert_user_error, run
 
 
 def onehot_probs(preds, confidence):
@@ -173,32 +172,27 @@ def test_old_config_gets_the_defaults_of_newer_fields(tmp_path):
     assert c.layers[2].features == 100 and c.learning_rate == 0.03
 
 
-def test_vote_of_finished_runs_matches_what_the_runs_reported(tmp_path, mnist_dir):
-    """Two runs trained by the driver (an ensemble of 2 with batch norm, and a single
-    network): the committee's member accuracies are the runs' final test accuracies,
-    and the 2-network run alone votes as its own summary says."""
+def test_vote_of_finished_runs_matches_what_the_runs_reported(tmp_path, tiny_runs, run_py):
+    """An ensemble of 2 with batch norm trained by the driver, and a single network of
+    another family (tiny_runs' c): the committee's member accuracies are the runs' final
+    test accuracies, and the 2-network run alone votes as its own summary says."""
     from experiments import modern
-    common = dict(num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30,
-                  plots=False,
-                  bn_calibration_images=200)
     ens = modern.get_config("members=2,bn=1,fc=32")
-    one = modern.get_config("fc=16")
-    for c in (ens, one):
-        c.update(common)
-        c.layers[0].features, c.layers[1].features = 4, 8
+    ens.update(num_epochs=1, warmup_epochs=0.5, train_size=300, batch_size=30, plots=False,
+               bn_calibration_images=200)
+    ens.layers[0].features, ens.layers[1].features = 4, 8
     s_ens = driver.run(ens, str(tmp_path / "ens"), log=lambda *a: None)
-    s_one = driver.run(one, str(tmp_path / "one"), log=lambda *a: None)
+    one, s_one = tiny_runs["c"]
     alone = committee.vote_runs([str(tmp_path / "ens")], log=lambda *a: None)
     assert alone["votes"]["plurality"]["test_accuracy"] == pytest.approx(
         s_ens["final_test_accuracy"])
-    picked = committee.vote_runs([str(tmp_path / "ens"), str(tmp_path / "one")],
-                                 log=lambda *a: None, select="greedy")
+    picked = committee.vote_runs([str(tmp_path / "ens"), one], log=lambda *a: None,
+                                 select="greedy")
     names = [m["name"] for m in picked["candidates"]]
     assert len(names) == 3 and 1 <= picked["size"] <= 3
     assert set(m["name"] for m in picked["members"]) <= set(names)
     out = tmp_path / "vote.json"
-    proc = run("--mode=vote", f"--vote_runs={tmp_path / 'ens'},{tmp_path / 'one'}",
-               f"--vote_out={out}")
+    proc = run_py("--mode=vote", f"--vote_runs={tmp_path / 'ens'},{one}", f"--vote_out={out}")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["size"] == 3 and "| **plurality vote**" in proc.stdout
@@ -209,13 +203,17 @@ def test_vote_of_finished_runs_matches_what_the_runs_reported(tmp_path, mnist_di
     assert [m["epoch"] for m in result["members"]] == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_weight_average_run_evaluates_the_average_and_reports_the_raw_weights(tmp_path,
-                                                                            mnist_dir):
+                                                                            small_mnist):
     """A batch-norm run with config.ema_decay: its raw weights' accuracies (raw_*) are
-    those of the same run without the average (the average does not change training),
-    its reported accuracies are the calibrated average's (the committee, which votes
-    with a checkpoint's average, agrees), and the summary selects each by validation."""
+    those of the same run without the average (the average does not change training:
+    up to one image in float rounding), its reported accuracies are the calibrated
+    average's (the committee, which votes with a checkpoint's average, agrees), and the
+    summary selects each by validation."""
     from experiments import modern
+    small_mnist(2000)
+    one = 1.5 / 2000   # one image
     runs = {}
     for name, ema in (("plain", 0.0), ("ema", 0.9)):
         c = modern.get_config("fc=16,bn=1")
@@ -228,11 +226,11 @@ def test_weight_average_run_evaluates_the_average_and_reports_the_raw_weights(tm
     (plain, plain_m), (ema, ema_m) = runs["plain"], runs["ema"]
     for a, b in zip(plain_m, ema_m):
         assert b["raw_validation_accuracy"] == pytest.approx(a["validation_accuracy"],
-                                                             abs=1.5e-4)
-        assert b["raw_test_accuracy"] == pytest.approx(a["test_accuracy"], abs=1.5e-4)
+                                                             abs=one)
+        assert b["raw_test_accuracy"] == pytest.approx(a["test_accuracy"], abs=one)
         assert "raw_test_accuracy" not in a
     assert [m["test_accuracy"] for m in ema_m] != [m["raw_test_accuracy"] for m in ema_m]
-    assert ema["raw_test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1.5e-4)
+    assert ema["raw_test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=one)
     assert ema["raw_best_epoch"] == plain["best_epoch"]
     voted = committee.vote_runs([str(tmp_path / "ema")], log=lambda *a: None)
     assert voted["votes"]["plurality"]["test_accuracy"] == pytest.approx(
@@ -248,15 +246,27 @@ def _tiny_run(workdir, **fields):
     return driver.run(c, str(workdir), log=lambda *a: None)
 
 
-def test_run_trained_on_validation_votes_only_by_a_rule_fixed_in_advance(tmp_path,
-                                                                       mnist_dir):
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Three finished tiny runs on real MNIST, shared by the tests that vote them (which
+    write nothing into them): a (seed 0), b (seed 1, trained on the validation images
+    too) and c (seed 2). {name: (directory, summary)}."""
+    if not os.path.isdir(os.environ.get("MNIST_DATA_DIR", "")):
+        pytest.skip("real MNIST not found: set MNIST_DATA_DIR")
+    root = tmp_path_factory.mktemp("tiny_runs")
+    fields = {"a": {}, "b": dict(seed=1, train_on_validation=True), "c": dict(seed=2)}
+    return {name: (str(root / name), _tiny_run(root / name, **f))
+            for name, f in fields.items()}
+
+
+def test_run_trained_on_validation_votes_only_by_a_rule_fixed_in_advance(
+        tmp_path, tiny_runs, run_py, assert_user_error):
     """Validation cannot choose the vote (or pick members) of a committee with a run
     that trained on it: auto and greedy are refused before any network is evaluated;
     a fixed rule is reported as chosen."""
-    s_tv = _tiny_run(tmp_path / "tv", train_on_validation=True)
+    (plain, _), (tv, s_tv) = tiny_runs["a"], tiny_runs["b"]
     assert s_tv["train_images"] == 10_100 and s_tv["selection"] == "last_epoch"
-    _tiny_run(tmp_path / "plain")
-    both = [str(tmp_path / "plain"), str(tmp_path / "tv")]
+    both = [plain, tv]
     with pytest.raises(committee.CommitteeError, match="--vote_rule=plurality or mean"):
         committee.vote_runs(both, log=lambda *a: None)
     with pytest.raises(committee.CommitteeError, match="--vote_select=all"):
@@ -266,27 +276,27 @@ def test_run_trained_on_validation_votes_only_by_a_rule_fixed_in_advance(tmp_pat
     assert got["chosen_vote"] == "mean_softmax" and got["vote_rule"] == "mean_softmax"
     assert got["test_accuracy"] == got["votes"]["mean_softmax"]["test_accuracy"]
     assert got["members"][1]["test_accuracy"] == pytest.approx(s_tv["final_test_accuracy"])
-    proc = run("--mode=vote", f"--vote_runs={','.join(both)}",
-               f"--vote_out={tmp_path / 'v.json'}")
+    proc = run_py("--mode=vote", f"--vote_runs={','.join(both)}",
+                  f"--vote_out={tmp_path / 'v.json'}")
     assert_user_error(proc, "trained on the validation images", "--vote_rule")
     assert not (tmp_path / "v.json").exists()
 
 
-def test_bad_vote_requests(tmp_path, mnist_dir):
-    proc = run("--mode=vote", "--vote_runs=")
+def test_bad_vote_requests(tmp_path, mnist_dir, run_py, assert_user_error):
+    proc = run_py("--mode=vote", "--vote_runs=")
     assert_user_error(proc, "--vote_runs is empty")
-    proc = run("--mode=vote", f"--vote_runs={tmp_path}")
+    proc = run_py("--mode=vote", f"--vote_runs={tmp_path}")
     assert_user_error(proc, "holds no run (no config.json)")
     from experiments import dbl_conv_relu
     (tmp_path / "config.json").write_text(dbl_conv_relu.get_config().to_json())
-    proc = run("--mode=vote", f"--vote_runs={tmp_path}", f"--vote_out={tmp_path / 'v.json'}")
+    proc = run_py("--mode=vote", f"--vote_runs={tmp_path}", f"--vote_out={tmp_path / 'v.json'}")
     assert_user_error(proc, "has no checkpoint to vote with")
     assert not (tmp_path / "v.json").exists()
-    proc = run("--mode=vote", f"--vote_runs={tmp_path}", "--vote_select=best")
+    proc = run_py("--mode=vote", f"--vote_runs={tmp_path}", "--vote_select=best")
     assert_user_error(proc, "--vote_select=best: value should be one of <all|greedy>")
     with pytest.raises(committee.CommitteeError, match="--vote_select must be one of"):
         committee.vote_runs([str(tmp_path)], select="best")
-    proc = run("--mode=vote", f"--vote_runs={tmp_path}", "--vote_rule=borda")
+    proc = run_py("--mode=vote", f"--vote_runs={tmp_path}", "--vote_rule=borda")
     assert_user_error(proc, "--vote_rule=borda: value should be one of")
     with pytest.raises(committee.CommitteeError, match="--vote_rule must be one of"):
         committee.vote_runs([str(tmp_path)], rule="borda")
@@ -368,17 +378,17 @@ def test_run_py_vote_flags_offer_exactly_the_committees_choices():
     assert enum("vote_save_precision") == committee.SAVE_PRECISIONS
 
 
-def test_helpshort_lists_training_flags_only():
+def test_helpshort_lists_training_flags_only(run_py):
     """run.py --helpshort: the training (and multi-process) flags, none of another
     mode's; --helpfull lists those under their mode's module."""
-    short = run("--helpshort")   # absl's help exits with status 1
+    short = run_py("--helpshort")   # absl's help exits with status 1
     assert "Traceback" not in short.stderr
-    listed = {m.group(1) for m in re.finditer(r"^\s+--(?:\[no\])?(\w+)", short.stdout,
+    listed = {m.group(1) for m in re.finditer(r"^  --(?:\[no\])?(\w+)", short.stdout,
                                               re.M)}
     assert {"config", "workdir", "mode", "overwrite", "coordinator_address"} <= listed
     assert not [f for f in listed if f.startswith(("vote_", "sweep", "bench"))
                 or f in ("batch_sizes", "conv_impls", "repeats")], listed
-    full = run("--helpfull").stdout
+    full = run_py("--helpfull").stdout
     for module in ("mnist_cnn.cli.vote", "mnist_cnn.cli.sweep", "mnist_cnn.cli.benchmark"):
         assert module + ":" in full, module
 
@@ -457,15 +467,12 @@ def test_outputs_saved_before_rotated_views_existed_read_as_none(tmp_path):
     np.testing.assert_array_equal(got["test_probabilities"], out["test_probabilities"])
 
 
-def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
+def test_saved_outputs_vote_as_their_runs_did(tmp_path, tiny_runs, run_py):
     """A committee's saved outputs stand in for its run directories: voting the file
     (alone, or beside a run directory) gives the same members and votes as voting the
     runs; a file's train_on_validation flags still forbid choosing by validation; a
     file of other images, or other test-time shifts, is refused."""
-    _tiny_run(tmp_path / "a")
-    _tiny_run(tmp_path / "b", seed=1, train_on_validation=True)
-    _tiny_run(tmp_path / "c", seed=2)
-    runs = [str(tmp_path / n) for n in "abc"]
+    runs = [tiny_runs[n][0] for n in "abc"]
     quiet = lambda *a: None
     ab = str(tmp_path / "ab.npz")
     direct = committee.vote_runs(runs, log=quiet, rule="mean_softmax")
@@ -511,17 +518,17 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, mnist_dir):
                 committee.vote_runs(runs, log=quiet, rule="plurality", outputs_path=bad)
     # From the command line: the file is written beside the vote's JSON.
     out, npz = tmp_path / "v.json", tmp_path / "v.npz"
-    proc = run("--mode=vote", f"--vote_runs={ab},{runs[2]}", "--vote_rule=mean_softmax",
-               f"--vote_out={out}", f"--vote_save_outputs={npz}")
+    proc = run_py("--mode=vote", f"--vote_runs={ab},{runs[2]}", "--vote_rule=mean_softmax",
+                  f"--vote_out={out}", f"--vote_save_outputs={npz}")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["votes"] == direct["votes"]
     assert list(committee.load_outputs(str(npz))["names"]) == runs
     # A float16 archive of the same committee votes as its runs did, but for near ties
     # (these barely trained networks have many: a few of 10,000 images may move).
     half = tmp_path / "half.npz"
-    proc = run("--mode=vote", f"--vote_runs={npz}", "--vote_rule=mean_softmax",
-               f"--vote_out={tmp_path / 'h.json'}", f"--vote_save_outputs={half}",
-               "--vote_save_precision=float16")
+    proc = run_py("--mode=vote", f"--vote_runs={npz}", "--vote_rule=mean_softmax",
+                  f"--vote_out={tmp_path / 'h.json'}", f"--vote_save_outputs={half}",
+                  "--vote_save_precision=float16")
     assert proc.returncode == 0, proc.stderr
     with np.load(half) as f:
         assert f["validation_probabilities"].dtype == np.float16
@@ -552,15 +559,17 @@ def test_fingerprint_names_exactly_the_images_and_labels():
     assert len(prints) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,text", [(dict(width_norm=14), "width-normalised to 14 pixels"),
                                       (dict(deskew=True), "deskewed")])
-def test_preprocessed_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_dir,
+def test_preprocessed_run_votes_on_the_images_it_was_trained_on(tmp_path, small_mnist,
                                                               monkeypatch, how, text):
     """config.width_norm and config.deskew preprocess train, validation and test alike;
     the committee evaluates such a run on images preprocessed the same way (its vote is
     the run's own test accuracy), which differ from the raw ones the network would
     otherwise see. The run's errors.png says its images are the preprocessed ones."""
     from mnist_cnn import plots
+    small_mnist(2000)
     notes = []
     monkeypatch.setattr(plots, "errors_grid", lambda *a, **k: notes.append(k.get("note")))
     s = _tiny_run(tmp_path / "w", **how, train_size=2000, num_epochs=2,
@@ -570,7 +579,7 @@ def test_preprocessed_run_votes_on_the_images_it_was_trained_on(tmp_path, mnist_
     voted = committee.vote_runs([str(tmp_path / "w")], log=lambda *a: None)
     assert voted["members"][0]["test_accuracy"] == pytest.approx(s["final_test_accuracy"])
     config, model, params, _ = committee.load_run(str(tmp_path / "w"))
-    test = data.load(data_dir=mnist_dir).test
+    test = data.load().test
     accuracy = lambda images: np.mean(committee.member_probabilities(
         model, params, False, images, 500)[0].argmax(-1) == test.labels)
     own = (augment.width_normalize(test.images, 14) if "width_norm" in how
@@ -602,18 +611,19 @@ def test_committee_file_members_expand_to_run_py_commands(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["allconv", "four_conv_and_allconv"])
-def test_committee_files_members_build_the_configs_their_runs_recorded(name):
+def test_committee_files_members_build_the_configs_their_runs_recorded(name, training_fields,
+                                                                       repo_root):
     """Each member's experiment + overrides + seed builds the config its network was
     trained with (results/*/<run>/config.json, written when it trained)."""
     import glob
     import importlib
     from mnist_cnn import committee_config as cc
-    from tests.test_report import ROOT, training_fields
     c = importlib.import_module(f"experiments.committees.{name}").get_config()
     cc.validate(c)
     for m in c.members:
         run_name = os.path.basename(m.outputs).removesuffix(".npz")
-        recorded = glob.glob(os.path.join(ROOT, "results", "*", run_name, "config.json"))
+        recorded = glob.glob(os.path.join(repo_root, "results", "*", run_name,
+                                          "config.json"))
         assert len(recorded) == 1, run_name
         with open(recorded[0]) as f:
             want = config_lib.with_defaults(json.load(f))
@@ -621,12 +631,12 @@ def test_committee_files_members_build_the_configs_their_runs_recorded(name):
         assert want["seed"] == m.seed
 
 
-def test_vote_of_a_committee_file_reproduces_its_recorded_vote(tmp_path, mnist_dir):
+def test_vote_of_a_committee_file_reproduces_its_recorded_vote(tmp_path, mnist_dir, run_py):
     """The 31-network committee votes from the archived float16 outputs with one
     command: 25 test errors, the very images its vote JSON recorded."""
     out = tmp_path / "vote.json"
-    proc = run("--mode=vote", "--config=experiments/committees/four_conv_and_allconv.py",
-               f"--vote_out={out}")
+    proc = run_py("--mode=vote", "--config=experiments/committees/four_conv_and_allconv.py",
+                  f"--vote_out={out}")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(out.read_text())
     with open(os.path.join(os.path.dirname(__file__), "..", "results",
@@ -639,13 +649,13 @@ def test_vote_of_a_committee_file_reproduces_its_recorded_vote(tmp_path, mnist_d
     assert got["votes"]["mean_softmax"]["test_errors"] == 25
 
 
-def test_committee_file_flags_it_fixes_are_refused(tmp_path):
+def test_committee_file_flags_it_fixes_are_refused(tmp_path, run_py, assert_user_error):
     for extra in ("--vote_rule=plurality", "--vote_runs=runs/a", "--vote_eval_shifts=0"):
-        proc = run("--mode=vote", "--config=experiments/committees/allconv.py", extra,
-                   f"--vote_out={tmp_path / 'v.json'}")
+        proc = run_py("--mode=vote", "--config=experiments/committees/allconv.py", extra,
+                      f"--vote_out={tmp_path / 'v.json'}")
         assert_user_error(proc, extra.split("=")[0], "committee file fixes")
-    proc = run("--config=experiments/committees/allconv.py", f"--workdir={tmp_path / 'w'}")
+    proc = run_py("--config=experiments/committees/allconv.py", f"--workdir={tmp_path / 'w'}")
     assert_user_error(proc, "committee file", "--mode=vote")
-    proc = run("--mode=vote", "--config=experiments/shallow.py", "--vote_runs=runs/a")
+    proc = run_py("--mode=vote", "--config=experiments/shallow.py", "--vote_runs=runs/a")
     assert_user_error(proc, "--mode=vote takes --vote_runs, or a committee file")
     assert not (tmp_path / "v.json").exists() and not (tmp_path / "w").exists()

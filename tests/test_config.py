@@ -11,7 +11,8 @@ DEFAULTS = [
     ("name", ""), ("layers", ()), ("num_epochs", 60), ("batch_size", 10),
     ("learning_rate", 0.1), ("l2", 0.0), ("momentum", 0.0), ("nesterov", False),
     ("schedule", "constant"), ("warmup_epochs", 0.0), ("ema_decay", 0.0), ("seed", 0),
-    ("train_size", 50000), ("train_on_validation", False), ("data_dir", ""),
+    ("train_size", 50000), ("train_on_validation", False), ("dataset", "mnist"),
+    ("data_dir", ""),
     ("data_source", "auto"), ("download", True), ("shuffle", False), ("width_norm", 0),
     ("deskew", False), ("expand_data", False), ("augment_shift", 0),
     ("augment_rotate", 0.0), ("augment_scale", 0.0), ("augment_elastic", 0.0),
@@ -135,6 +136,8 @@ FIELD_CASES = [
     ("grad", "numeric", "config.grad must be autodiff or manual, got 'numeric'"),
     ("dtype", "float16", "config.dtype must be float32 or bfloat16, got 'float16'"),
     ("data_source", "s3", "config.data_source must be auto, idx or tfds, got 's3'"),
+    ("dataset", "emnist", "config.dataset must be one of mnist, fashion_mnist, kmnist, "
+     "custom, got 'emnist'"),
 ]
 
 
@@ -188,6 +191,11 @@ CROSS_CASES = [
      "config.layers[0].features must be a positive integer, got 0"),
     (dict(layers=(L.fc(3, dropout=1.0), L.softmax())),
      "config.layers[0].dropout must be in [0, 1), got 1.0"),
+    (dict(dataset="custom"), "config.dataset=custom reads the four IDX files of a "
+     "directory: set --config.data_dir=DIR (with data_source auto or idx)"),
+    (dict(dataset="custom", data_dir="/d", data_source="tfds"), "config.dataset=custom "
+     "reads the four IDX files of a directory: set --config.data_dir=DIR (with "
+     "data_source auto or idx)"),
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 from absl import flags as absl_flags
 
 from mnist_cnn import config as config_lib
-from tests.test_report import ROOT, run_py_config
+from mnist_cnn.report import ROOT
 
 README = os.path.join(ROOT, "README.md")
 
@@ -34,10 +34,10 @@ def test_readme_is_short():
     assert os.path.getsize(README) <= 15_000
 
 
-def test_readme_commands_build_valid_configs_and_use_real_flags():
+def test_readme_commands_build_valid_configs_and_use_real_flags(run_py_config):
     """Each README command's flags exist in run.py and parse; its config (experiment,
     variant, overrides) or committee file loads and validates."""
-    import run   # noqa: F401  (defines run.py's flags on absl's FLAGS)
+    import mnist_cnn.main   # noqa: F401  (defines run.py's flags on absl's FLAGS)
     commands = readme_commands(_read("README.md"))
     assert len(commands) >= 10
     for command in commands:

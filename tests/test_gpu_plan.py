@@ -1,8 +1,7 @@
 """benchmarks/gpu_plan.py: the pace estimate that decides whether a GPU run is stopped,
 the plans (valid runs, votes over runs trained before them) and the vote stage."""
-from tests.scripts import load_benchmark
 
-gpu_plan = load_benchmark("gpu_plan")
+from benchmarks import gpu_plan
 
 
 def test_epoch_seconds_ignores_a_single_slow_interval():

@@ -9,54 +9,30 @@ import pytest
 
 from mnist_cnn import layers as L
 
-
-def conv_ref(x, w, stride, pads):
-    """Naive loop cross-correlation, NHWC x HWIO -> NHWC."""
-    x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    n, h, wd, c = x.shape
-    kh, kw, _, o = w.shape
-    sh, sw = stride
-    ho, wo = (h - kh) // sh + 1, (wd - kw) // sw + 1
-    out = np.zeros((n, ho, wo, o))
-    for b, i, j, f in itertools.product(range(n), range(ho), range(wo), range(o)):
-        patch = x[b, i * sh:i * sh + kh, j * sw:j * sw + kw, :]
-        out[b, i, j, f] = np.sum(patch * w[:, :, :, f])
-    return out
-
-
-def pool_ref(x, window, stride, reduce):
-    n, h, w, c = x.shape
-    kh, kw = window
-    sh, sw = stride
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-    out = np.zeros((n, ho, wo, c))
-    for b, i, j, f in itertools.product(range(n), range(ho), range(wo), range(c)):
-        out[b, i, j, f] = reduce(x[b, i * sh:i * sh + kh, j * sw:j * sw + kw, f])
-    return out
-
-
 CONV_CASES = [  # (x shape, kernel, stride, padding)
     ((2, 8, 8, 1), 5, 1, "VALID"),
     ((2, 9, 7, 3), 3, 2, "VALID"),
     ((1, 12, 12, 4), (2, 3), (1, 2), "VALID"),
     ((2, 7, 7, 2), 3, 1, "SAME"),
     ((1, 6, 5, 2), 4, 3, "SAME"),
+    ((1, 7, 6, 1), (4, 2), 1, "SAME"),     # odd totals: the extra zero below and right
+    ((1, 6, 6, 1), 3, 2, 1),
     ((1, 6, 6, 1), 3, 1, ((1, 2), (0, 1))),
 ]
 
 
 @pytest.mark.parametrize("impl", ["patches", "xla"])
 @pytest.mark.parametrize("shape,kernel,stride,padding", CONV_CASES)
-def test_conv2d_matches_numpy_loops(impl, shape, kernel, stride, padding):
+def test_conv2d_matches_numpy_loops(impl, shape, kernel, stride, padding, np_layers):
     rng = np.random.default_rng(0)
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     x = rng.normal(size=shape).astype(np.float32)
     w = rng.normal(size=(kh, kw, shape[-1], 5)).astype(np.float32)
     b = rng.normal(size=(5,)).astype(np.float32)
-    st = L._pair(stride, "stride")
-    pads = L._explicit_padding(padding, (kh, kw), st, shape[1:3])
-    want = conv_ref(x, w, st, pads) + b
+    st = (stride, stride) if isinstance(stride, int) else stride
+    want = np_layers.conv(x, w, st, np_layers.pads(padding, (kh, kw), st, shape[1:3])) + b
     got = L.conv2d(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), stride, padding, impl)
+    assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
@@ -121,6 +97,7 @@ def _plain_max_pool(x, k=2):
     return jnp.max(x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c), axis=(2, 4))
 
 
+@pytest.mark.slow
 def test_forward_mode_autodiff_matches_plain_jax_layers():
     """jvp, jacfwd and forward-over-reverse Hessian-vector products through the CPU
     layers (patch conv, fused conv + max-pool, hand-fused max-pool, with exact ties) equal
@@ -145,13 +122,14 @@ def test_forward_mode_autodiff_matches_plain_jax_layers():
     v = tuple(jnp.asarray(rng.normal(size=a.shape), jnp.float32) for a in ws)
     close = lambda a, b: jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4), a, b)
-    close(jax.jvp(ours, (ws,), (v,)), jax.jvp(plain, (ws,), (v,)))
-    close(jax.jacfwd(ours)(ws), jax.jacfwd(plain)(ws))
+    run = lambda f: jax.jit(f)()    # one compilation per check, not one per operation
+    close(run(lambda: jax.jvp(ours, (ws,), (v,))), run(lambda: jax.jvp(plain, (ws,), (v,))))
+    close(run(lambda: jax.jacfwd(ours)(ws)), run(lambda: jax.jacfwd(plain)(ws)))
     hvp = lambda f: jax.jvp(jax.grad(f), (ws,), (v,))[1]
     rr = lambda f: jax.grad(lambda ws: sum(jnp.vdot(a, b) for a, b in
                                            zip(jax.grad(f)(ws), v)))(ws)
-    close(jax.jit(lambda: hvp(ours))(), hvp(plain))
-    close(hvp(ours), rr(ours))
+    close(run(lambda: hvp(ours)), run(lambda: hvp(plain)))
+    close(hvp(ours), run(lambda: rr(ours)))                         # eager, too
     out = jax.jvp(lambda x: L.max_pool(x, 2), (x,), (jnp.ones_like(x),))[1]
     np.testing.assert_allclose(out, jnp.ones_like(out))           # ties share a tangent of 1
 
@@ -182,8 +160,8 @@ def test_conv_rejects_bad_shapes():
         L.conv2d(jnp.ones((1, 8, 8, 1)), jnp.ones((3, 3, 1, 1)), impl="fft")
 
 
-def l2_reduce(v):
-    return np.sqrt(np.sum(v * v))
+def l2_reduce(v, axis=None):
+    return np.sqrt(np.sum(v * v, axis=axis))
 
 
 POOL_CASES = [  # (shape, window, stride)
@@ -198,12 +176,13 @@ POOL_CASES = [  # (shape, window, stride)
 @pytest.mark.parametrize("shape,window,stride", POOL_CASES)
 @pytest.mark.parametrize("name,fn,reduce", [
     ("max", L.max_pool, np.max), ("avg", L.avg_pool, np.mean), ("l2", L.l2_pool, l2_reduce)])
-def test_pooling_matches_numpy_loops(shape, window, stride, name, fn, reduce):
+def test_pooling_matches_numpy_loops(shape, window, stride, name, fn, reduce, np_layers):
     x = np.random.default_rng(2).normal(size=shape).astype(np.float32)
-    win = L._pair(window, "window")
-    st = win if stride is None else L._pair(stride, "stride")
+    pair = lambda v: (v, v) if isinstance(v, int) else v
+    win = pair(window)
+    st = win if stride is None else pair(stride)
     np.testing.assert_allclose(fn(jnp.asarray(x), window, stride),
-                               pool_ref(x, win, st, reduce), rtol=1e-5, atol=1e-6)
+                               np_layers.pool(x, win, st, reduce), rtol=1e-5, atol=1e-6)
 
 
 def test_l2_pool_gradient_is_finite_on_blank_windows():
@@ -334,15 +313,15 @@ FUSED_CASES = [  # (x shape, kernel (kh, kw), padding): conv outputs even, odd, 
 
 
 @pytest.mark.parametrize("shape,kernel,padding", FUSED_CASES)
-def test_fused_conv_max_pool_matches_numpy_loops(shape, kernel, padding):
+def test_fused_conv_max_pool_matches_numpy_loops(shape, kernel, padding, np_layers):
     """conv_pool's one-matmul form for max-pooling 2x2 windows after a narrow first-layer
     convolution: numpy conv loops then numpy max over each window, ragged edge cropped."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=shape).astype(np.float32)
     w = rng.normal(size=(*kernel, shape[-1], 6)).astype(np.float32)
     assert L.fuses_max_pool(x.shape, w.shape, 1, padding, "auto", "max", 2, None, "cpu")
-    pads = L._explicit_padding(padding, kernel, (1, 1), shape[1:3])
-    want = pool_ref(conv_ref(x, w, (1, 1), pads), (2, 2), (2, 2), np.max)
+    pads = np_layers.pads(padding, kernel, (1, 1), shape[1:3])
+    want = np_layers.pool(np_layers.conv(x, w, (1, 1), pads), (2, 2), (2, 2), np.max)
     got = jax.jit(lambda x, w: L.conv_pool(x, w, 1, padding))(x, w)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 

@@ -2,9 +2,7 @@
 
 import numpy as np
 
-from tests.scripts import load_benchmark
-
-matmul_dtypes = load_benchmark("matmul_dtypes")
+from benchmarks import matmul_dtypes
 
 
 def test_every_form_is_the_product_to_its_precision():

@@ -10,15 +10,19 @@ import pytest
 
 from mnist_cnn import config as config_lib
 from mnist_cnn import networks
-from tests.test_layers import conv_ref, pool_ref
 
 EXPERIMENTS = ["intro_conv", "shallow", "basic_conv", "omit_fc", "dbl_conv",
-               "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc", "ensemble",
-               "double_fc_dropout", "modern", "speedrun"]
+               "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc",
+               "ensemble", "double_fc_dropout", "modern", "speedrun"]
 
 
 def shapes(params):
     return {k: {n: v.shape for n, v in layer.items()} for k, layer in params.items()}
+
+
+def abstract_params(model):
+    """The model's parameters as shapes and dtypes, without computing them."""
+    return jax.eval_shape(lambda: networks.init_params(model, jax.random.PRNGKey(0)))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -29,14 +33,14 @@ def test_every_experiment_validates_and_builds(name):
                   "data_dir"):
         assert field in c
     model = networks.from_config(c)
-    params = networks.init_params(model, jax.random.PRNGKey(0))
-    assert model.apply({"params": params}, jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
+    logits = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.zeros((2, 28, 28, 1))),
+                            abstract_params(model))   # shapes only: nothing is computed
+    assert logits.shape == (2, 10)
 
 
 def test_dbl_conv_has_the_books_shapes():
     from experiments import dbl_conv
-    params = networks.init_params(networks.from_config(dbl_conv.get_config()),
-                                  jax.random.PRNGKey(0))
+    params = abstract_params(networks.from_config(dbl_conv.get_config()))
     assert shapes(params) == {
         "layer0_conv": {"w": (5, 5, 1, 20), "b": (20,)},
         "layer1_conv": {"w": (5, 5, 20, 40), "b": (40,)},
@@ -49,7 +53,8 @@ def test_network3_initialisation_statistics():
     from experiments import basic_conv
     c = basic_conv.get_config()
     c.layers[0].features = 200   # enough samples for the statistics
-    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(1))
+    model = networks.from_config(c)
+    params = jax.jit(lambda k: networks.init_params(model, k))(jax.random.PRNGKey(1))
     conv_w = np.asarray(params["layer0_conv"]["w"])
     # n_out = 200 * 5 * 5 / (2 * 2) = 1250 -> std sqrt(1/1250)
     assert conv_w.std() == pytest.approx(np.sqrt(1 / 1250), rel=0.05)
@@ -63,7 +68,8 @@ def test_modern_initialisation_zero_biases_he_for_relu():
     from experiments import dbl_conv_relu
     c = dbl_conv_relu.get_config()
     c.init = "modern"
-    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(2))
+    model = networks.from_config(c)
+    params = jax.jit(lambda k: networks.init_params(model, k))(jax.random.PRNGKey(2))
     assert not np.any(np.asarray(params["layer1_conv"]["b"]))
     fan_in = 5 * 5 * 20
     assert np.asarray(params["layer1_conv"]["w"]).std() == pytest.approx(
@@ -74,7 +80,7 @@ def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
 
-def test_forward_matches_numpy_composition():
+def test_forward_matches_numpy_composition(np_layers):
     """act(maxpool(conv(x)) + b) -> fc -> softmax logits, computed with numpy loops."""
     c = config_lib.base_config()
     c.layers = (config_lib.conv_pool(3, kernel=3, activation="sigmoid"),
@@ -85,8 +91,8 @@ def test_forward_matches_numpy_composition():
     params = jax.tree.map(lambda p: p + 0.1, params)   # non-zero biases too
     p = jax.tree.map(np.asarray, params)
     x = np.random.default_rng(4).uniform(size=(2, 10, 10, 1)).astype(np.float32)
-    h = conv_ref(x, p["layer0_conv"]["w"], (1, 1), ((0, 0), (0, 0)))
-    h = sigmoid(pool_ref(h, (2, 2), (2, 2), np.max) + p["layer0_conv"]["b"])
+    h = np_layers.conv(x, p["layer0_conv"]["w"], (1, 1), ((0, 0), (0, 0)))
+    h = sigmoid(np_layers.pool(h, (2, 2), (2, 2), np.max) + p["layer0_conv"]["b"])
     h = np.tanh(h.reshape(2, -1) @ p["layer1_fc"]["w"] + p["layer1_fc"]["b"])
     want = h @ p["layer2_softmax"]["w"] + p["layer2_softmax"]["b"]
     got = model.apply({"params": params}, jnp.asarray(x))
@@ -131,7 +137,7 @@ def test_modern_batch_norm_variant():
     c = config_lib.validate(modern.get_config("bn=1"))
     assert [layer.get("batch_norm", False) for layer in c.layers] == [True, True, False,
                                                                       False]
-    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(0))
+    params = abstract_params(networks.from_config(c))
     assert set(params["layer1_conv"]) == {"w", "b", "g", "bn_mean", "bn_var"}
     plain = config_lib.validate(modern.get_config())
     assert not config_lib.uses_batch_norm(plain)
@@ -151,7 +157,7 @@ def test_modern_deep_first_kernel_variant(k1, side):
     (VALID convs, 2x2 pools), so the FC layer sees side x side x 64."""
     from experiments import modern
     c = config_lib.validate(modern.get_config(f"deep=1,bn=1,k1={k1}"))
-    params = networks.init_params(networks.from_config(c), jax.random.PRNGKey(0))
+    params = abstract_params(networks.from_config(c))
     assert params["layer0_conv"]["w"].shape == (k1, k1, 1, 32)
     assert [params[f"layer{i}_conv"]["w"].shape[0] for i in (1, 2, 3)] == [3, 3, 3]
     assert params["layer4_fc"]["w"].shape == (side * side * 64, 1024)
@@ -202,7 +208,7 @@ def test_named_recipes_are_modern_variants_with_their_fields():
     assert ac.layers[-1].dropout == 0.4 and len(ac.layers) == 8
 
 
-def test_modern_allconv_variant_forward_matches_numpy():
+def test_modern_allconv_variant_forward_matches_numpy(np_layers):
     """allconv=1: seven convs (3x3, 3x3, 5x5 stride 2 SAME; again with 64 maps; 4x4 to
     128), no pooling, no FC layer, softmax. The evaluation forward pass (batch norm with
     its stored moments) equals a numpy loop composition with SAME padding written out
@@ -229,7 +235,7 @@ def test_modern_allconv_variant_forward_matches_numpy():
     sides = []
     for i, (stride, pads) in enumerate(steps):
         q = p[f"layer{i}_conv"]
-        h = conv_ref(h, q["w"], (stride, stride), pads or ((0, 0), (0, 0)))
+        h = np_layers.conv(h, q["w"], (stride, stride), pads or ((0, 0), (0, 0)))
         h = (h - q["bn_mean"]) * q["g"] / np.sqrt(q["bn_var"] + networks.BN_EPS) + q["b"]
         h = np.maximum(h, 0.0)
         sides.append(h.shape[1])

@@ -1,10 +1,7 @@
 """benchmarks/profile_step.py: the HLO parsing and a traced step of a tiny network."""
 
+from benchmarks import profile_step
 from mnist_cnn import bench
-from tests.test_train import tiny_config
-from tests.scripts import load_benchmark
-
-profile_step = load_benchmark("profile_step")
 
 HLO = """
   %ynn_fusion.3 = f32[4096,500]{1,0} fusion(%a, %b), kind=kCustom, calls=%f3, metadata={op_name="jit(chunk)/while/body/closed_call/transpose(jvp(Network))/layer1_conv/dot_general" stack_frame_id=177}
@@ -23,7 +20,7 @@ def test_hlo_ops_reads_shapes_and_sources_and_skips_containers():
     assert profile_step.short_op_name(ops["dot.4"][1]) == "forward layer3_softmax/dot_general"
 
 
-def test_profile_traces_a_tiny_network_and_attributes_time_to_its_layers():
+def test_profile_traces_a_tiny_network_and_attributes_time_to_its_layers(tiny_config):
     c = bench.point_config(tiny_config(), 4, "patches", "float32", 1)
     rows, untraced_ms, traced_ms = profile_step.profile(c, steps=3)
     assert untraced_ms > 0 and traced_ms > 0 and rows

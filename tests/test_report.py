@@ -3,43 +3,17 @@ from it: the README's tables and run.py --list. Each row is checked against the 
 files it names (the run's config.json and summary.json, the vote's JSON), which earlier
 versions of the code wrote."""
 
-import glob
 import json
 import os
 import re
-import shlex
 
 import pytest
 
-from mnist_cnn import committee_config, report
 from mnist_cnn import config as config_lib
+from mnist_cnn import report
 
 ROOT = report.ROOT
 ROWS = report.load()
-# Fields that do not change what a run trains or reports (how often it evaluates,
-# checkpoints, draws figures; where it finds its data).
-NOT_TRAINING = {"name", "eval_every", "chunk_steps", "checkpoint_every_steps",
-                "keep_checkpoints", "plots", "data_dir", "data_source", "download",
-                "eval_batch_size"}
-
-
-def run_py_config(command: str):
-    """The config (or committee config) that `python run.py ...` builds, validated."""
-    args = [a for a in shlex.split(command)[2:] if a.startswith("--config")]
-    if not args:
-        return None
-    c = committee_config.parse_config_flags(
-        [a.replace("--config=", f"--config={ROOT}/", 1) if a.startswith("--config=")
-         else a for a in args])
-    if committee_config.is_committee(c):
-        return committee_config.validate(c)
-    return config_lib.validate(c)
-
-
-def training_fields(config: dict) -> dict:
-    out = {k: v for k, v in config.items() if k not in NOT_TRAINING}
-    out["layers"] = [dict(layer) for layer in config["layers"]]
-    return out
 
 
 def test_csv_rows_are_complete_and_consistent():
@@ -59,7 +33,7 @@ def test_csv_rows_are_complete_and_consistent():
 
 @pytest.mark.parametrize("row", [r for r in ROWS if "run.py" in r["command"]],
                          ids=lambda r: r["name"])
-def test_csv_command_builds_the_config_its_run_recorded(row):
+def test_csv_command_builds_the_config_its_run_recorded(row, run_py_config, training_fields):
     """Every run.py command of the table parses as run.py parses it and validates;
     where the row's folder holds the run's config.json, the command builds that config
     (up to fields that do not change training)."""

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from tests.test_run import ROOT, assert_user_error, run
 
 ARGS = ["--config=experiments/dbl_conv_relu.py", "--config.train_size=400",
         "--config.num_epochs=3", "--config.shuffle=True", "--config.layers[2].dropout=0.3",
@@ -22,8 +21,10 @@ TIMING = {"epoch_train_s", "train_images_per_s", "wall_time_s", "compile_time_s"
 
 
 def start(workdir):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py"), *ARGS,
-                             f"--workdir={workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
+    """run.py with ARGS in the background."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.Popen([sys.executable, os.path.join(root, "run.py"), *ARGS,
+                             f"--workdir={workdir}"], cwd=root, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -64,11 +65,12 @@ def final_params(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, ):
+def reference(tmp_path_factory, run_py):
+    """The uninterrupted run every interrupted one must equal, bit for bit."""
     if not os.environ.get("MNIST_DATA_DIR"):
         pytest.skip("real MNIST not found: set MNIST_DATA_DIR")
     w = tmp_path_factory.mktemp("reference")
-    proc = run(*ARGS, f"--workdir={w}")
+    proc = run_py(*ARGS, f"--workdir={w}")
     assert proc.returncode == 0, proc.stderr
     return w
 
@@ -83,13 +85,13 @@ def assert_same_run(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_same_seed_gives_bit_identical_runs(reference, tmp_path):
-    proc = run(*ARGS, f"--workdir={tmp_path}")
+def test_same_seed_gives_bit_identical_runs(reference, tmp_path, run_py):
+    proc = run_py(*ARGS, f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     assert_same_run(reference, tmp_path)
 
 
-def test_sigkill_at_several_moments_then_resume_is_exact(reference, tmp_path):
+def test_sigkill_at_several_moments_then_resume_is_exact(reference, tmp_path, run_py):
     # Kill inside epoch 1 (step 16 of 40), then inside epoch 3, then finish.
     for past in (16, 96):
         proc = start(tmp_path)
@@ -97,63 +99,67 @@ def test_sigkill_at_several_moments_then_resume_is_exact(reference, tmp_path):
         proc.kill()
         proc.wait()
         assert not os.path.exists(tmp_path / "summary.json")
-    proc = run(*ARGS, f"--workdir={tmp_path}")
+    proc = run_py(*ARGS, f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     assert "resuming from the checkpoint" in proc.stdout
     assert_same_run(reference, tmp_path)
     assert len(checkpoint_steps(tmp_path)) <= 2   # keep_checkpoints
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_sigint_save_and_exit_cleanly(reference, tmp_path, sig):
-    proc = start(tmp_path)
-    wait_for_checkpoint_past(proc, tmp_path, 8)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + sig, err
-    assert "Traceback" not in err and "re-run the same command to resume" in err
-    assert not os.path.exists(tmp_path / "summary.json")
-    proc = run(*ARGS, f"--workdir={tmp_path}")
+def test_sigterm_and_sigint_save_and_exit_cleanly(reference, tmp_path, run_py):
+    """SIGTERM in epoch 1, then SIGINT in epoch 2 of the resumed run: each saves a
+    checkpoint and exits with 128 + the signal and one line; the third start finishes
+    the run as if it had never stopped."""
+    for sig, past in ((signal.SIGTERM, 8), (signal.SIGINT, 48)):
+        proc = start(tmp_path)
+        wait_for_checkpoint_past(proc, tmp_path, past)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig, err
+        assert "Traceback" not in err and "re-run the same command to resume" in err
+        assert not os.path.exists(tmp_path / "summary.json")
+    proc = run_py(*ARGS, f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     assert_same_run(reference, tmp_path)
 
 
-def test_finished_run_is_not_trained_again(reference):
+def test_finished_run_is_not_trained_again(reference, run_py):
     before = open(os.path.join(reference, "summary.json")).read()
-    proc = run(*ARGS, f"--workdir={reference}")
+    proc = run_py(*ARGS, f"--workdir={reference}")
     assert proc.returncode == 0 and "finished run" in proc.stdout
     assert open(os.path.join(reference, "summary.json")).read() == before
 
 
-def test_different_config_refuses_naming_fields(reference):
+def test_different_config_refuses_naming_fields(reference, run_py, assert_user_error):
     before = sorted(os.listdir(reference))
-    proc = run(*ARGS, "--config.learning_rate=0.05", "--config.seed=3",
-               f"--workdir={reference}")
+    proc = run_py(*ARGS, "--config.learning_rate=0.05", "--config.seed=3",
+                  f"--workdir={reference}")
     assert_user_error(proc, "different config", "learning_rate: 0.03 -> 0.05", "seed: 0 -> 3",
                       "--overwrite")
     assert sorted(os.listdir(reference)) == before
 
 
-def test_second_process_on_a_run_directory_refuses(tmp_path, mnist_dir):
+def test_second_process_on_a_run_directory_refuses(tmp_path, mnist_dir, run_py,
+                                                   assert_user_error):
     (tmp_path / ".lock").touch()
     with open(tmp_path / ".lock") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        proc = run(*ARGS, f"--workdir={tmp_path}")
+        proc = run_py(*ARGS, f"--workdir={tmp_path}")
     assert_user_error(proc, "another process")
     assert not (tmp_path / "config.json").exists()
 
 
-def test_divergence_stops_with_epoch_and_step(tmp_path, mnist_dir):
-    proc = run("--config=experiments/dbl_conv_relu.py", "--config.train_size=200",
-               "--config.learning_rate=1e6", "--config.num_epochs=2",
-               f"--workdir={tmp_path}")
+def test_divergence_stops_with_epoch_and_step(tmp_path, mnist_dir, run_py, assert_user_error):
+    proc = run_py("--config=experiments/dbl_conv_relu.py", "--config.train_size=200",
+                  "--config.learning_rate=1e6", "--config.num_epochs=2",
+                  f"--workdir={tmp_path}")
     assert_user_error(proc, "diverged", "epoch 1", "step", "smaller --config.learning_rate")
     assert (tmp_path / "config.json").exists()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_killed_between_last_checkpoint_and_summary(reference, tmp_path):
+def test_killed_between_last_checkpoint_and_summary(reference, tmp_path, run_py):
     """A run killed after its last epoch's checkpoint, before summary.json: the re-run
     trains nothing more and writes the same summary and figures."""
     import shutil
@@ -161,7 +167,7 @@ def test_killed_between_last_checkpoint_and_summary(reference, tmp_path):
     shutil.copytree(reference, w)
     for f in ("summary.json", "errors.png", "learning_curves.png"):
         (w / f).unlink()
-    proc = run(*ARGS, f"--workdir={w}")
+    proc = run_py(*ARGS, f"--workdir={w}")
     assert proc.returncode == 0, proc.stderr
     assert "resuming from the checkpoint at the end of epoch 3" in proc.stdout
     assert not [l for l in proc.stdout.splitlines() if l.startswith("epoch ")]
@@ -192,32 +198,8 @@ def test_run_saved_before_a_field_existed_resumes_with_that_field_at_its_default
 
 # ---- a checkpoint in the stored format (tests/data/mid_epoch_checkpoint) ----
 
-FIXTURE = os.path.join(ROOT, "tests", "data", "mid_epoch_checkpoint")
-
-
-def synthetic_dataset():
-    """The fixture's data: 64 training, 32 validation and 32 test images of noise."""
-    from mnist_cnn import data
-    rng = np.random.default_rng(0)
-    split = lambda n: data.Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-                                 rng.integers(0, 10, n).astype(np.int32))
-    return data.Dataset(train=split(64), validation=split(32), test=split(32),
-                        source="synthetic")
-
-
-def fixture_config(**overrides):
-    """Two stacked members with dropout, shuffling and a weight average, 16 mini-batches
-    an epoch, checkpointed every 4."""
-    from mnist_cnn import config as config_lib
-    c = config_lib.base_config()
-    c.name = "checkpoint_fixture"
-    c.layers = (config_lib.conv_pool(2, kernel=5, activation="relu"),
-                config_lib.fc(8, activation="sigmoid", dropout=0.2), config_lib.softmax(10))
-    c.update(batch_size=4, learning_rate=0.05, l2=0.1, init="modern", train_size=64,
-             num_epochs=3, shuffle=True, num_members=2, ema_decay=0.9,
-             checkpoint_every_steps=4, chunk_steps=4, keep_checkpoints=1, plots=False)
-    c.update(overrides)
-    return c
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                       "mid_epoch_checkpoint")
 
 
 def flat_state(workdir, config):
@@ -233,7 +215,7 @@ def flat_state(workdir, config):
 
 
 @pytest.fixture(scope="module")
-def resumed_fixture(tmp_path_factory):
+def resumed_fixture(tmp_path_factory, synthetic_dataset, fixture_config):
     """The stored run directory (checkpointed at step 8 of 16 in epoch 2) resumed to
     the end with today's driver: (directory, log lines)."""
     import shutil
@@ -264,7 +246,8 @@ def test_stored_checkpoint_record_reads_and_writes_unchanged():
     assert driver.RunPosition.from_dict(without).member_loss_sums is None
 
 
-def test_stored_checkpoint_resumes_where_it_stopped(resumed_fixture):
+def test_stored_checkpoint_resumes_where_it_stopped(resumed_fixture, fixture_config,
+                                                   read_scalars):
     w, lines = resumed_fixture
     assert "resuming from the checkpoint at step 8 of 16 in epoch 2" in lines
     assert [l.split(":")[0] for l in lines if l.startswith("epoch ")] == ["epoch 2", "epoch 3"]
@@ -276,12 +259,11 @@ def test_stored_checkpoint_resumes_where_it_stopped(resumed_fixture):
         assert list(meta) == list(json.load(f))   # the record written keeps its format
     assert (meta["epoch"], meta["step_in_epoch"], len(meta["metrics"])) == (3, 0, 3)
     assert not (w / "tensorboard" / "events.out.tfevents.0.stale").exists()
-    from tests.test_tensorboard import read_scalars
     scalars = read_scalars(w / "tensorboard")   # fails on a (tag, step) written twice
     assert scalars["train_loss"] == {m["epoch"]: np.float32(m["train_loss"]) for m in metrics}
 
 
-def test_stored_checkpoint_resumes_bit_exact(resumed_fixture):
+def test_stored_checkpoint_resumes_bit_exact(resumed_fixture, fixture_config):
     """Resumed, the run ends with the parameters, metrics and summary of the same run
     uninterrupted (finished/, written with the checkpoint), bit for bit."""
     import jax

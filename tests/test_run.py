@@ -3,35 +3,15 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def run(*args, env=None, timeout=600):
-    e = dict(os.environ)
-    e.update(env or {})
-    return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
-                          env=e, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_user_error(proc, *fragments):
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for f in fragments:
-        assert f in errors[0], errors[0]
-
-
-def test_list_shows_experiments_with_book_and_measured_numbers():
+def test_list_shows_experiments_with_book_and_measured_numbers(run_py):
     """Every experiment and committee file is listed, with the book's figure where it
     has one and the measured one from results/results.csv."""
     from mnist_cnn import report
-    proc = run("--list")
+    proc = run_py("--list")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     for name, book, ours in [("shallow", "97.80%", "97.80%"), ("basic_conv", "98.78%", "98.70%"),
@@ -48,10 +28,10 @@ def test_list_shows_experiments_with_book_and_measured_numbers():
         report.not_yet_measured(report.experiment_files())
 
 
-def test_small_run_writes_every_run_file(tmp_path, mnist_dir):
+def test_small_run_writes_every_run_file(tmp_path, mnist_dir, run_py):
     workdir = tmp_path / "run"
-    proc = run("--config=experiments/dbl_conv_relu.py", f"--workdir={workdir}",
-               "--config.num_epochs=2", "--config.train_size=500", "--config.shuffle=True")
+    proc = run_py("--config=experiments/dbl_conv_relu.py", f"--workdir={workdir}",
+                  "--config.num_epochs=2", "--config.train_size=500", "--config.shuffle=True")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((workdir / "summary.json").read_text())
     metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -69,11 +49,11 @@ def test_small_run_writes_every_run_file(tmp_path, mnist_dir):
         assert (workdir / fig).stat().st_size > 1000
 
 
-def test_one_epoch_dbl_conv_relu_on_full_mnist(tmp_path, mnist_dir):
+def test_one_epoch_dbl_conv_relu_on_full_mnist(tmp_path, mnist_dir, run_py):
     """The book's ReLU network after one epoch of 50,000 images (measured: 96.95% test,
     97.23% validation). Below 96.5% means the network, data or SGD changed."""
-    proc = run("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path / 'r'}",
-               "--config.num_epochs=1")
+    proc = run_py("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path / 'r'}",
+                  "--config.num_epochs=1")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["test_accuracy"] >= 0.965, summary
@@ -82,11 +62,8 @@ def test_one_epoch_dbl_conv_relu_on_full_mnist(tmp_path, mnist_dir):
 
 # ---- bad input: one line, non-zero exit, no traceback, run directory untouched ----
 
-QUICK = ["--config.num_epochs=1", "--config.train_size=100"]
-
-
-def test_unknown_experiment(tmp_path):
-    assert_user_error(run("--config=experiments/no_such.py", f"--workdir={tmp_path}/w"),
+def test_unknown_experiment(tmp_path, run_py, assert_user_error):
+    assert_user_error(run_py("--config=experiments/no_such.py", f"--workdir={tmp_path}/w"),
                       "no_such")
     assert not (tmp_path / "w").exists()
 
@@ -104,28 +81,28 @@ def test_unknown_experiment(tmp_path):
     ("--config.layers[0].kernel=40", "layers"),
     ("--config.layers[2].dropout=1.5", "dropout"),
 ])
-def test_bad_config_values(tmp_path, override, fragment):
-    assert_user_error(run("--config=experiments/dbl_conv_relu.py",
-                          f"--workdir={tmp_path}/w", override), fragment)
+def test_bad_config_values(tmp_path, override, fragment, run_py, assert_user_error):
+    assert_user_error(run_py("--config=experiments/dbl_conv_relu.py",
+                             f"--workdir={tmp_path}/w", override), fragment)
     assert not (tmp_path / "w").exists()
 
 
-def test_missing_workdir_and_config(tmp_path):
-    assert_user_error(run("--config=experiments/shallow.py"), "--workdir")
-    assert_user_error(run(f"--workdir={tmp_path}/w"), "--config")
+def test_missing_workdir_and_config(tmp_path, run_py, assert_user_error):
+    assert_user_error(run_py("--config=experiments/shallow.py"), "--workdir")
+    assert_user_error(run_py(f"--workdir={tmp_path}/w"), "--config")
 
 
-def test_missing_data_says_where_it_looked(tmp_path):
+def test_missing_data_says_where_it_looked(tmp_path, run_py, assert_user_error, quick):
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {"MNIST_DATA_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "cache"),
            "TFDS_DATA_DIR": str(tmp_path / "tfds")}
-    proc = run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-               "--config.download=False", *QUICK, env=env)
+    proc = run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                  "--config.download=False", *quick, env=env)
     assert_user_error(proc, "not found", "MNIST_DATA_DIR")
     assert not (tmp_path / "w").exists()
-    proc = run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-               "--config.data_source=idx", f"--config.data_dir={empty}", *QUICK, env=env)
+    proc = run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                  "--config.data_source=idx", f"--config.data_dir={empty}", *quick, env=env)
     assert_user_error(proc, "missing")
 
 
@@ -138,7 +115,8 @@ def _copy_mnist(src, dst):
 
 @pytest.mark.parametrize("damage,fragment", [
     ("truncate", ""), ("magic", "magic"), ("checksum", "SHA-256")])
-def test_corrupt_data_files(tmp_path, mnist_dir, damage, fragment):
+def test_corrupt_data_files(tmp_path, mnist_dir, damage, fragment, run_py, assert_user_error,
+                            quick):
     d = _copy_mnist(mnist_dir, tmp_path / "mnist")
     labels = d / "t10k-labels-idx1-ubyte.gz"
     import gzip
@@ -152,80 +130,51 @@ def test_corrupt_data_files(tmp_path, mnist_dir, damage, fragment):
     if damage != "checksum":   # without SHA256SUMS the parser itself must catch it
         (d / "SHA256SUMS").unlink()
     labels.write_bytes(gzip.compress(raw))
-    proc = run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-               f"--config.data_dir={d}", *QUICK)
+    proc = run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                  f"--config.data_dir={d}", *quick)
     assert_user_error(proc, "t10k-labels", fragment)
     assert not (tmp_path / "w").exists()
 
 
-def test_existing_run_directory_is_left_untouched(tmp_path, mnist_dir):
+def test_existing_run_directory_is_left_untouched(tmp_path, mnist_dir, run_py,
+                                                  assert_user_error, quick):
     w = tmp_path / "w"
     w.mkdir()
     (w / "summary.json").write_text('{"test_accuracy": 0.99}')
     before = sorted(os.listdir(w))
-    assert_user_error(run("--config=experiments/shallow.py", f"--workdir={w}", *QUICK),
+    assert_user_error(run_py("--config=experiments/shallow.py", f"--workdir={w}", *quick),
                       "--overwrite")
     assert sorted(os.listdir(w)) == before
     assert (w / "summary.json").read_text() == '{"test_accuracy": 0.99}'
     # A bad config never reaches the run directory either, even with --overwrite.
-    assert_user_error(run("--config=experiments/shallow.py", f"--workdir={w}", "--overwrite",
-                          "--config.batch_size=0"), "batch_size")
+    assert_user_error(run_py("--config=experiments/shallow.py", f"--workdir={w}", "--overwrite",
+                             "--config.batch_size=0"), "batch_size")
     assert (w / "summary.json").read_text() == '{"test_accuracy": 0.99}'
 
 
-def test_malformed_flag_syntax(tmp_path):
-    assert_user_error(run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-                          "--config.learning_rate"), "learning_rate")
-    assert_user_error(run("--no_such_flag=1"), "no_such_flag")
+def test_malformed_flag_syntax(tmp_path, run_py, assert_user_error):
+    assert_user_error(run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                             "--config.learning_rate"), "learning_rate")
+    assert_user_error(run_py("--no_such_flag=1"), "no_such_flag")
 
 
-def test_figures_of_errors_and_filters(tmp_path):
-    import numpy as np
-    from mnist_cnn import plots
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
-    labels = np.arange(30) % 10
-    preds = labels.copy()
-    preds[[3, 7, 11]] = (labels[[3, 7, 11]] + 1) % 10
-    plots.errors_grid(images, labels, preds, str(tmp_path / "errors.png"))
-    plots.filters_grid(rng.normal(size=(5, 5, 1, 20)), str(tmp_path / "filters.png"))
-    for name in ("errors.png", "filters.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(tmp_path.glob("*.tmp.png"))
-
-
-def test_errors_grid_title_counts_errors_and_carries_the_note(tmp_path, monkeypatch):
-    import numpy as np
-    from mnist_cnn import plots
-    titles = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: (
-        titles.append(fig.get_suptitle()), plots._plt().close(fig)))
-    labels = np.arange(12) % 10
-    preds = labels.copy()
-    preds[[2, 5]] = 0   # labels 2 and 5
-    images = np.zeros((12, 28, 28), np.uint8)
-    plots.errors_grid(images, labels, preds, str(tmp_path / "a.png"))
-    plots.errors_grid(images, labels, preds, str(tmp_path / "b.png"), max_images=1,
-                      note="; widths")
-    assert titles[0].startswith("2 test images misclassified (")
-    assert titles[1].startswith("2 test images misclassified, the first 1 shown")
-    assert titles[1].endswith("; widths") and "widths" not in titles[0]
-
-
-def test_expanded_data_with_augmentation_runs(tmp_path, mnist_dir):
-    proc = run("--config=experiments/expanded_data.py:n=30", f"--workdir={tmp_path}",
-               "--config.train_size=100", "--config.num_epochs=1", "--config.augment_shift=1")
+def test_expanded_data_with_augmentation_runs(tmp_path, mnist_dir, run_py):
+    proc = run_py("--config=experiments/expanded_data.py:n=30", f"--workdir={tmp_path}",
+                  "--config.train_size=100", "--config.num_epochs=1", "--config.augment_shift=1")
     assert proc.returncode == 0, proc.stderr
     assert "train 500," in proc.stdout   # 100 images and their four shifts
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train_images"] == 500 and summary["name"] == "expanded_data_n30"
 
 
-def test_plots_off_writes_no_figures(tmp_path, mnist_dir):
-    from experiments import dbl_conv_relu
+def test_plots_off_writes_no_figures(tmp_path, tiny_config, load_synthetic):
     from mnist_cnn import driver
-    c = dbl_conv_relu.get_config()
-    c.num_epochs, c.train_size, c.plots = 1, 200, False
+    load_synthetic()
+    c = tiny_config(num_epochs=1, train_size=64, plots=False)
     summary = driver.run(c, str(tmp_path / "w"), log=lambda *a: None)
     assert (tmp_path / "w" / "summary.json").exists() and summary["epochs_run"] == 1
     assert not list((tmp_path / "w").glob("*.png"))
+    c.plots = True   # the same run with figures draws three
+    driver.run(c, str(tmp_path / "p"), log=lambda *a: None)
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == [
+        "errors.png", "filters.png", "learning_curves.png"]

@@ -8,8 +8,6 @@ import pytest
 
 from experiments import dbl_conv_relu
 from mnist_cnn import sweep
-from tests.test_run import assert_user_error, run
-from tests.test_tensorboard import read_scalars
 
 QUICK = ["--config=experiments/dbl_conv_relu.py", "--config.train_size=100",
          "--config.num_epochs=1", "--config.plots=False", "--config.batch_size=20"]
@@ -70,11 +68,11 @@ def _rows(path):
     return list(csv.DictReader(open(path)))
 
 
-def test_grid_runs_every_point_writes_tables_and_resumes(tmp_path, mnist_dir):
+def test_grid_runs_every_point_writes_tables_and_resumes(tmp_path, mnist_dir, run_py):
     w = tmp_path / "sw"
     args = [*QUICK, f"--workdir={w}", "--sweep=learning_rate=0.03,0.3",
             "--sweep=layers[2].features=10,30"]
-    proc = run(*args)
+    proc = run_py(*args)
     assert proc.returncode == 0, proc.stderr
     rows = _rows(w / "sweep.csv")
     assert len(rows) == 4
@@ -88,26 +86,27 @@ def test_grid_runs_every_point_writes_tables_and_resumes(tmp_path, mnist_dir):
         assert config["layers"][2]["features"] == int(r["layers[2].features"])
     assert (w / "sweep.png").stat().st_size > 1000
     assert (w / "sweep.md").read_text().count("\n") == 2 + 4
-    again = run(*args)                          # re-run: every point is already finished
+    again = run_py(*args)                          # re-run: every point is already finished
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("holds a finished run") == 4
 
 
-def test_shards_then_collect_and_a_disagreeing_shard(tmp_path, mnist_dir):
+def test_shards_then_collect_and_a_disagreeing_shard(tmp_path, mnist_dir, run_py,
+                                                     assert_user_error):
     w = tmp_path / "sw"
     grid = ["--sweep=seed=0,1,2"]
     for i in range(2):
-        proc = run(*QUICK, f"--workdir={w}", *grid, f"--sweep_shard={i}/2")
+        proc = run_py(*QUICK, f"--workdir={w}", *grid, f"--sweep_shard={i}/2")
         assert proc.returncode == 0, proc.stderr
         assert "sweep_collect" in proc.stdout
     assert not (w / "sweep.csv").exists()
     assert len(list(w.glob("p00*/summary.json"))) == 3      # shard 0: 0, 2; shard 1: 1
-    proc = run(*QUICK, f"--workdir={w}", "--sweep_collect")
+    proc = run_py(*QUICK, f"--workdir={w}", "--sweep_collect")
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["seed"] for r in _rows(w / "sweep.csv")) == ["0", "1", "2"]
-    bad = run(*QUICK, f"--workdir={w}", "--sweep=seed=0,1", "--sweep_shard=0/2")
+    bad = run_py(*QUICK, f"--workdir={w}", "--sweep=seed=0,1", "--sweep_shard=0/2")
     assert_user_error(bad, "different grid")
-    base = run(*QUICK, f"--workdir={w}", *grid, "--config.l2=1.0")
+    base = run_py(*QUICK, f"--workdir={w}", *grid, "--config.l2=1.0")
     assert_user_error(base, "different base config", "l2")
 
 
@@ -119,14 +118,14 @@ def test_shards_then_collect_and_a_disagreeing_shard(tmp_path, mnist_dir):
     (["--sweep_shard=0/2"], "needs the --sweep flags"),
     (["--sweep_collect"], "sweep.json is missing"),
 ])
-def test_bad_sweeps_fail_before_training(tmp_path, args, fragment):
+def test_bad_sweeps_fail_before_training(tmp_path, args, fragment, run_py, assert_user_error):
     w = tmp_path / "sw"
-    proc = run(*QUICK, f"--workdir={w}", *args)
+    proc = run_py(*QUICK, f"--workdir={w}", *args)
     assert_user_error(proc, fragment)
     assert not list(w.glob("p*"))
 
 
-def test_vmapped_hyperparameters_equal_separate_runs():
+def test_vmapped_hyperparameters_equal_separate_runs(tiny_config, fake_data):
     """One stacked program with per-run learning rate, l2, momentum and seed gives each
     run's parameters as if trained alone with that config (float32 tolerance)."""
     import jax
@@ -134,7 +133,6 @@ def test_vmapped_hyperparameters_equal_separate_runs():
     import numpy as np
 
     from mnist_cnn import networks, train
-    from tests.test_train import fake_data, tiny_config
 
     c = tiny_config(shuffle=True, momentum=0.5, schedule="cosine", num_epochs=2)
     c.layers[1].dropout = 0.0
@@ -165,12 +163,18 @@ def test_vmapped_hyperparameters_equal_separate_runs():
             np.testing.assert_allclose(np.asarray(b)[k], np.asarray(a), rtol=2e-5, atol=2e-6)
 
 
-def _vmapped_and_sequential(tmp_path, args, num_points):
-    """Runs a sweep vmapped (in tmp_path/v) and with --nosweep_vmap (tmp_path/s); checks
-    both ran as asked, over the same points, with the same training loss and validation
-    accuracy per epoch. Returns {point dir: (vmapped metrics, sequential metrics)}."""
-    together = run(*args, f"--workdir={tmp_path / 'v'}")
-    apart = run(*args, f"--workdir={tmp_path / 's'}", "--nosweep_vmap")
+@pytest.fixture
+def vmapped_and_sequential(run_py, read_scalars):
+    """vmapped_and_sequential(tmp_path, args, num_points) runs a sweep vmapped (in
+    tmp_path/v) and with --nosweep_vmap (tmp_path/s); checks both ran as asked, over the
+    same points, with the same training loss and validation accuracy per epoch. Returns
+    {point dir: (vmapped metrics, sequential metrics)}."""
+    return lambda *args: _vmapped_and_sequential(run_py, read_scalars, *args)
+
+
+def _vmapped_and_sequential(run_py, read_scalars, tmp_path, args, num_points):
+    together = run_py(*args, f"--workdir={tmp_path / 'v'}")
+    apart = run_py(*args, f"--workdir={tmp_path / 's'}", "--nosweep_vmap")
     assert together.returncode == 0 and apart.returncode == 0, (together.stderr, apart.stderr)
     assert "together (vmapped)" in together.stdout
     assert "together (vmapped)" not in apart.stdout
@@ -179,8 +183,8 @@ def _vmapped_and_sequential(tmp_path, args, num_points):
     assert rows_v.keys() == rows_s.keys() and len(rows_v) == num_points
     pairs = {}
     for d in rows_v:
-        mv = [json.loads(l) for l in (tmp_path / "v" / d / "metrics.jsonl").read_text().splitlines()]
-        ms = [json.loads(l) for l in (tmp_path / "s" / d / "metrics.jsonl").read_text().splitlines()]
+        mv, ms = ([json.loads(l) for l in (tmp_path / w / d / "metrics.jsonl").read_text()
+                   .splitlines()] for w in ("v", "s"))
         for a, b in zip(mv, ms):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
             assert ("validation_accuracy" in a) == ("validation_accuracy" in b)
@@ -193,23 +197,13 @@ def _vmapped_and_sequential(tmp_path, args, num_points):
     return pairs
 
 
-def test_vmapped_sweep_reports_like_sequential_sweep(tmp_path, mnist_dir):
+def test_vmapped_sweep_reports_like_sequential_sweep(tmp_path, mnist_dir, run_py,
+                                                    vmapped_and_sequential):
     args = [*QUICK, "--config.num_epochs=2", "--config.shuffle=True",
             "--sweep=learning_rate=0.03,0.1", "--sweep=seed=0,1"]
-    _vmapped_and_sequential(tmp_path, args, 4)
-    again = run(*args, f"--workdir={tmp_path / 'v'}")      # resumable: nothing left to do
+    vmapped_and_sequential(tmp_path, args, 4)
+    again = run_py(*args, f"--workdir={tmp_path / 'v'}")      # resumable: nothing left to do
     assert again.returncode == 0 and "already finished" in again.stdout
-
-
-
-def test_sweep_evaluating_every_second_epoch_reports_the_evaluated_ones(tmp_path, mnist_dir):
-    args = [*QUICK, "--config.num_epochs=3", "--config.eval_every=2",
-            "--sweep=learning_rate=0.03,0.1"]
-    for mv, ms in _vmapped_and_sequential(tmp_path, args, 2).values():
-        for metrics in (mv, ms):
-            assert [("test_accuracy" in m) for m in metrics] == [False, True, True]
-    for r in _rows(tmp_path / "v" / "sweep.csv"):
-        assert int(r["best_epoch"]) in (2, 3)
 
 
 # ---- dropout rates as vmapped fields ----
@@ -236,7 +230,7 @@ def test_traced_keep_probability_is_the_static_rate_bit_for_bit(mode, rate):
         np.testing.assert_array_equal(np.asarray(traced), np.asarray(static))
 
 
-def _train_dropout_sweep(mode, rates, epochs=2, n=40):
+def _train_dropout_sweep(tiny_config, fake_data, mode, rates, epochs=2, n=40):
     """Trains len(rates[k]) runs stacked (vmapped), run j with layers[k].dropout =
     rates[k][j] for each swept layer k, and each run alone with its rates in the config.
     Returns [(stacked params j, stacked probabilities j, alone params, alone probabilities)]."""
@@ -244,7 +238,6 @@ def _train_dropout_sweep(mode, rates, epochs=2, n=40):
     import numpy as np
 
     from mnist_cnn import networks, train
-    from tests.test_train import fake_data, tiny_config
 
     def config(rate_of):
         c = tiny_config(shuffle=True, num_epochs=epochs, dropout_mode=mode)
@@ -283,8 +276,9 @@ def _train_dropout_sweep(mode, rates, epochs=2, n=40):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["network3", "inverted"])
-def test_vmapped_dropout_rates_equal_separate_runs(mode):
+def test_vmapped_dropout_rates_equal_separate_runs(mode, tiny_config, fake_data):
     """Per-run dropout rates on two layers (the fc layer and the softmax layer's inputs),
     0 included (that run's layer draws an all-ones mask where the run alone has no
     dropout at all): each stacked run's parameters and evaluation (network3's (1-p)
@@ -293,7 +287,7 @@ def test_vmapped_dropout_rates_equal_separate_runs(mode):
     import numpy as np
 
     rates = {1: [0.0, 0.2, 0.5], 2: [0.3, 0.0, 0.25]}
-    results = _train_dropout_sweep(mode, rates)
+    results = _train_dropout_sweep(tiny_config, fake_data, mode, rates)
     for got_params, got_probs, want_params, want_probs in results:
         for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params)):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -304,7 +298,7 @@ def test_vmapped_dropout_rates_equal_separate_runs(mode):
         assert np.max(np.abs(results[0][3] - results[j][3])) > 1e-3
 
 
-def test_network3_evaluation_scales_by_each_runs_keep_probability():
+def test_network3_evaluation_scales_by_each_runs_keep_probability(tiny_config, fake_data):
     """The same parameters evaluated with keep probabilities 1 and 0.5 in network3 mode
     differ (its inputs are scaled by 1-p at evaluation) and equal the static models';
     in inverted mode evaluation ignores the rate."""
@@ -313,7 +307,6 @@ def test_network3_evaluation_scales_by_each_runs_keep_probability():
     import numpy as np
 
     from mnist_cnn import networks, train
-    from tests.test_train import fake_data, tiny_config
 
     x, _ = fake_data(10)
     for mode in ("network3", "inverted"):
@@ -331,9 +324,8 @@ def test_network3_evaluation_scales_by_each_runs_keep_probability():
         assert (np.max(np.abs(got[0] - got[1])) > 1e-3) == (mode == "network3")
 
 
-def test_dropout_sweeps_are_vmappable_with_autodiff_only():
+def test_dropout_sweeps_are_vmappable_with_autodiff_only(tiny_config, fake_data):
     from mnist_cnn import data, networks, train
-    from tests.test_train import fake_data, tiny_config
 
     c = dbl_conv_relu.get_config()
     axes = sweep.parse(["layers[3].dropout=0.0,0.5", "learning_rate=0.01,0.1"], c)
@@ -354,11 +346,20 @@ def test_dropout_sweeps_are_vmappable_with_autodiff_only():
         step(train.init_state(model, tx, 0), data.to_float(x), y, {"keep": {1: 0.5}})
 
 
-def test_vmapped_dropout_sweep_reports_like_sequential_sweep(tmp_path, mnist_dir):
-    args = [*QUICK, "--config.num_epochs=2", "--sweep=layers[2].dropout=0.0,0.5"]
+def test_vmapped_dropout_sweep_evaluating_every_second_epoch_reports_like_sequential(
+        tmp_path, mnist_dir, vmapped_and_sequential):
+    """A sweep over a dropout rate (vmapped as a traced keep probability), evaluated
+    after epochs 2 and 3 only: the same costs and accuracies vmapped and one point at a
+    time, the evaluated epochs reported, and the two rates trained differently."""
+    args = [*QUICK, "--config.num_epochs=3", "--config.eval_every=2",
+            "--sweep=layers[2].dropout=0.0,0.5"]
     losses = {}
-    for d, (mv, ms) in _vmapped_and_sequential(tmp_path, args, 2).items():
-        for a, b in zip(mv, ms):
+    for d, (mv, ms) in vmapped_and_sequential(tmp_path, args, 2).items():
+        for metrics in (mv, ms):
+            assert [("test_accuracy" in m) for m in metrics] == [False, True, True]
+        for a, b in zip(mv[1:], ms[1:]):
             assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.002
         losses[d] = mv[-1]["train_loss"]
     assert len(set(losses.values())) == 2           # the two rates trained differently
+    for r in _rows(tmp_path / "v" / "sweep.csv"):
+        assert int(r["best_epoch"]) in (2, 3)

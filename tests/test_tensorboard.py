@@ -4,55 +4,38 @@ definitions) and the tqdm progress bar of mnist_cnn/driver.py."""
 import io
 import json
 import math
-import os
-import struct
 
 import numpy as np
 import pytest
 
-from tests.test_resume import fixture_config, synthetic_dataset
 
+@pytest.fixture
+def train_synthetic(load_synthetic, read_scalars):
+    """train_synthetic(workdir, config, **run_args) -> (metrics.jsonl's records, the
+    TensorBoard scalars) of a driver run on the stored checkpoint's synthetic data."""
+    from mnist_cnn import driver
 
-def read_scalars(logdir) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} of every event file in `logdir`, parsed from the TFRecord
-    framing (length, its CRC, an Event, its CRC); a (tag, step) found twice fails."""
-    from tensorboardX.proto import event_pb2
-    out = {}
-    for name in sorted(os.listdir(logdir)):
-        with open(os.path.join(logdir, name), "rb") as f:
-            raw = f.read()
-        at = 0
-        while at < len(raw):
-            (length,) = struct.unpack("<Q", raw[at:at + 8])
-            event = event_pb2.Event.FromString(raw[at + 12:at + 12 + length])
-            at += 12 + length + 4
-            for value in event.summary.value:
-                steps = out.setdefault(value.tag, {})
-                assert event.step not in steps, f"{value.tag} at step {event.step} twice"
-                steps[event.step] = value.simple_value
-    return out
-
-
-def train_synthetic(tmp_path, monkeypatch, config, **kwargs):
-    from mnist_cnn import data, driver
-    monkeypatch.setattr(data, "load", lambda *a, **k: synthetic_dataset())
-    driver.run(config, str(tmp_path), log=lambda *a: None, **kwargs)
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(l) for l in lines], read_scalars(tmp_path / "tensorboard")
+    def train(workdir, config, **kwargs):
+        load_synthetic()
+        driver.run(config, str(workdir), log=lambda *a: None, **kwargs)
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(l) for l in lines], read_scalars(workdir / "tensorboard")
+    return train
 
 
 def cosine(lr, step, total):
     return lr * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
-def test_every_metric_of_an_ensemble_run_is_a_scalar_per_epoch(tmp_path, monkeypatch,
-                                                              capsys):
+def test_every_metric_of_an_ensemble_run_is_a_scalar_per_epoch(tmp_path, capsys,
+                                                              train_synthetic,
+                                                              fixture_config):
     """Two epochs of two stacked members with a cosine schedule: each number of
     metrics.jsonl at step `epoch` (float32), per-member lists under members/{i}/, and
     the learning rate of the epoch's last mini-batch. The progress bar, forced on,
     reaches the epoch's 16 mini-batches."""
     c = fixture_config(num_epochs=2, schedule="cosine", checkpoint_every_steps=0)
-    metrics, scalars = train_synthetic(tmp_path, monkeypatch, c, progress=True)
+    metrics, scalars = train_synthetic(tmp_path, c, progress=True)
     per_run = ("train_loss", "train_nll", "epoch_train_s", "train_images_per_s",
                "validation_accuracy", "test_accuracy", "raw_validation_accuracy",
                "raw_test_accuracy")
@@ -73,9 +56,10 @@ def test_every_metric_of_an_ensemble_run_is_a_scalar_per_epoch(tmp_path, monkeyp
     assert "epoch 1/2" in err and "epoch 2/2" in err and "16/16" in err
 
 
-def test_vmapped_sweep_shows_each_runs_learning_rate(tmp_path, monkeypatch):
+def test_vmapped_sweep_shows_each_runs_learning_rate(tmp_path, train_synthetic,
+                                                     fixture_config):
     c = fixture_config(num_epochs=1, num_members=1, ema_decay=0.0)
-    metrics, scalars = train_synthetic(tmp_path, monkeypatch, c,
+    metrics, scalars = train_synthetic(tmp_path, c,
                                        hp={"learning_rate": [0.05, 0.2]}, seeds=[0, 1])
     assert scalars["members/0/learning_rate"] == {1: pytest.approx(0.05)}
     assert scalars["members/1/learning_rate"] == {1: pytest.approx(0.2)}
@@ -84,7 +68,7 @@ def test_vmapped_sweep_shows_each_runs_learning_rate(tmp_path, monkeypatch):
         metrics[0]["members_test_accuracy"][1])
 
 
-def test_records_without_a_directory_write_nothing_and_rewrite_with_one(tmp_path):
+def test_records_without_a_directory_write_nothing_and_rewrite_with_one(tmp_path, read_scalars):
     """A multi-process run's process > 0 records nothing; write_records (re)writes a
     directory's metrics.jsonl and tensorboard/ from a list of epochs."""
     from mnist_cnn import metrics_io

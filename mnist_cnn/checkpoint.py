@@ -3,13 +3,24 @@
 Orbax writes each checkpoint into a temporary directory and renames it into place when
 complete, so a process killed mid-save leaves the previous checkpoints intact and no
 half-written one under a step name.
+
+A process that only reads a run (a vote) opens its checkpoints with `reader`: read-only,
+nothing created, cleaned or deleted. A checkpoint that cannot be restored (damaged files,
+a truncated record) is a RestoreError naming its step and why; `restore_fallback` tries
+the kept ones from the newest down, and `set_aside` moves a damaged one out of orbax's
+sight so a resumed run can save that step anew.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
+import logging
 import os
 import shutil
+import sys
+from typing import Callable
 
 import flax
 import jax
@@ -34,6 +45,18 @@ def manager(workdir: str, keep: int):
         max_to_keep=keep, create=False, enable_async_checkpointing=False,
         cleanup_tmp_directories=True, **extra)
     return ocp.CheckpointManager(root, options=options)
+
+
+def reader(workdir: str):
+    """A read-only manager of workdir's checkpoints, for a process that does not own the
+    run (a vote): it creates, cleans and deletes nothing there, so an in-progress save
+    of a run still training (orbax's temporary directory) stays."""
+    import orbax.checkpoint as ocp
+    root = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           enable_async_checkpointing=False)
+    with _quiet():   # orbax warns that the directory is read-only
+        return ocp.CheckpointManager(root, options=options)
 
 
 def exists(workdir: str) -> bool:
@@ -77,14 +100,45 @@ def save(mngr, step: int, state, meta: dict) -> None:
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                             meta=ocp.args.JsonSave(meta)), force=True)
     mngr.wait_until_finished()
+    sync_step(str(mngr.directory), step)
 
 
-def restore_latest(mngr, like):
-    """(state shaped as `like`, meta) from the newest checkpoint, or None if there is none."""
+def sync_step(root: str, step: int) -> None:
+    """Makes checkpoint `step` durable: every file and folder orbax wrote for it, then
+    the checkpoints folder, whose entry orbax's final rename created, and the run
+    folder (a file's fsync does not cover its directory entry; a power cut could
+    otherwise leave a step folder of empty files, or none)."""
+    from mnist_cnn import metrics_io
+    step_dir = os.path.join(root, str(step))
+    for where, _, files in os.walk(step_dir, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(where, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        metrics_io.fsync_dir(where)
+    metrics_io.fsync_dir(root)
+    metrics_io.fsync_dir(os.path.dirname(root))   # the run folder's `checkpoints` entry
+
+
+class RestoreError(Exception):
+    """No usable checkpoint: the message names each one tried, its step and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A restored checkpoint: the state (shaped as the template), its JSON record, its
+    step, and (step, reason) of each newer checkpoint that could not be restored."""
+    state: object
+    meta: dict
+    step: int
+    skipped: tuple = ()
+
+
+def restore_step(mngr, step: int, like):
+    """(state shaped as `like`, meta) of checkpoint `step`; raises what orbax raises."""
     import orbax.checkpoint as ocp
-    step = mngr.latest_step()
-    if step is None:
-        return None
     full = flax.serialization.to_state_dict(like)
     target = _present(full)
     if jax.process_count() > 1:
@@ -95,3 +149,105 @@ def restore_latest(mngr, like):
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     tree = {**{k: None for k in full}, **restored["state"]}
     return flax.serialization.from_state_dict(like, tree), restored["meta"]
+
+
+def restore_latest(mngr, like, check: Callable | None = None):
+    """(state shaped as `like`, meta) from the newest checkpoint, or None if there is
+    none; RestoreError when it cannot be restored (check(meta), when given, raises for a
+    record the caller cannot use)."""
+    step = mngr.latest_step()
+    if step is None:
+        return None
+    got, why = _attempt(mngr, step, like, check)
+    if got is None:
+        raise RestoreError(f"the newest checkpoint (step {step}) cannot be restored "
+                           f"({why})")
+    return got
+
+
+def restore_fallback(mngr, like, check: Callable | None = None) -> Restored | None:
+    """The newest kept checkpoint that restores, trying them from the newest down
+    (Restored.skipped: the newer ones that did not, and why); None if there is none;
+    RestoreError naming every step when none restores."""
+    skipped = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        got, why = _attempt(mngr, step, like, check)
+        if got is not None:
+            return Restored(got[0], got[1], step, tuple(skipped))
+        skipped.append((step, why))
+    if not skipped:
+        return None
+    raise RestoreError("no checkpoint can be restored ("
+                       + "; ".join(f"step {s}: {why}" for s, why in skipped) + ")")
+
+
+def _attempt(mngr, step, like, check):
+    """((state, meta), None) of checkpoint `step`, or (None, why it cannot be restored).
+    Damage surfaces as many kinds of exception (orbax, tensorstore, json, a record
+    missing a field): every one counts."""
+    _drop_closed_loop_reports()
+    try:
+        with _quiet():
+            state, meta = restore_step(mngr, step, like)
+            if check is not None:
+                check(meta)
+    except Exception as e:   # noqa: BLE001 - any failure means "cannot be restored"
+        return None, reason(e)
+    return (state, meta), None
+
+
+def reason(e: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def set_aside(mngr, step: int) -> str:
+    """Renames checkpoint `step` (one that cannot be restored) to STEP.unrestorable
+    (.unrestorable.1, ... if taken) beside the others, where orbax no longer counts it,
+    so a resumed run saves that step anew; the damaged files stay for inspection.
+    Returns the new name."""
+    root = str(mngr.directory)
+    name, n = f"{step}.unrestorable", 0
+    while os.path.exists(os.path.join(root, name)):
+        n += 1
+        name = f"{step}.unrestorable.{n}"
+    os.rename(os.path.join(root, str(step)), os.path.join(root, name))
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    mngr.reload()
+    return name
+
+
+@contextlib.contextmanager
+def _quiet():
+    """absl logging (orbax's) silenced: a failed restore is reported as one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _drop_closed_loop_reports():
+    """After a failed restore, tensorstore may finish reads whose callbacks find orbax's
+    asyncio loop already closed; Python would print each as an unraisable
+    "RuntimeError: Event loop is closed" traceback. Those, and only those, are dropped
+    (installed once, chaining to the hook before it)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable):
+        e = unraisable.exc_value
+        if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+            return
+        previous(unraisable)
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook

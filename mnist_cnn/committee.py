@@ -35,16 +35,20 @@ not kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 
 import ml_collections
 import numpy as np
 
-from mnist_cnn import augment, checkpoint, data, ensemble, networks, train
+from mnist_cnn import augment, checkpoint, data, driver, ensemble, metrics_io, networks
+from mnist_cnn import train
 from mnist_cnn import config as config_lib
 
 
@@ -57,15 +61,32 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise CommitteeError(f"{workdir} holds no run (no config.json); give the run "
                              f"directories that run.py --workdir wrote")
-    with open(path) as f:
-        saved = json.load(f)
-    # Fields added since the run was trained take their defaults (the run trained as
-    # they would have it: each new field's default is the behaviour before it).
-    full = config_lib.with_defaults(saved)
-    c = config_lib.base_config()
-    c.update({k: v for k, v in full.items() if k != "layers"})
-    c.layers = tuple(ml_collections.ConfigDict(layer) for layer in full["layers"])
-    return config_lib.validate(c)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        # Fields added since the run was trained take their defaults (the run trained
+        # as they would have it: each new field's default is the behaviour before it).
+        full = config_lib.with_defaults(saved)
+        c = config_lib.base_config()
+        c.update({k: v for k, v in full.items() if k != "layers"})
+        c.layers = tuple(ml_collections.ConfigDict(layer) for layer in full["layers"])
+        return config_lib.validate(c)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CommitteeError(f"{path} cannot be read as a run's config "
+                             f"({checkpoint.reason(e)}): the file is damaged; vote the "
+                             f"run's saved outputs instead, or train it again") from None
+
+
+@contextlib.contextmanager
+def _read_locked(workdir: str):
+    """driver.read_locked: the run cannot start training while it is read; a run that
+    is training is a CommitteeError (nothing in its directory is touched)."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(driver.read_locked(workdir))
+        except driver.RunBusy as e:
+            raise CommitteeError(str(e)) from None
+        yield
 
 
 def load_run(workdir: str, config=None):
@@ -73,8 +94,16 @@ def load_run(workdir: str, config=None):
     average when it kept one, as the run evaluated); params stacked on a
     leading axis when the run trained several networks together; epoch: the epochs it
     finished, or "E + S steps" for a checkpoint S mini-batches into epoch E + 1.
-    config: the run's load_config, when the caller has read it already."""
-    config = load_config(workdir) if config is None else config
+    config: the run's load_config, when the caller has read it already. The run's
+    directory is only read (checkpoint.reader), under a shared lock."""
+    with _read_locked(workdir):
+        config = load_config(workdir) if config is None else config
+        model, state, done = _restore_run(workdir, config)
+    return config, model, train.eval_params(state), done
+
+
+def _restore_run(workdir, config):
+    """(model, state, epoch) of the run's newest checkpoint, read-only."""
     if not checkpoint.exists(workdir):
         raise CommitteeError(f"{workdir} has no checkpoint to vote with (checkpoints/ "
                              f"is empty or missing)")
@@ -85,14 +114,20 @@ def load_run(workdir: str, config=None):
     like = train.with_ema(train.init_states(model, train.make_optimizer(config, steps),
                                             config.seed, members), config.ema_decay)
     try:
-        state, meta = checkpoint.restore_latest(
-            checkpoint.manager(workdir, config.keep_checkpoints), like)
-    except (ValueError, KeyError) as e:
-        raise CommitteeError(f"{workdir}: its checkpoint does not match its config.json "
-                             f"({str(e).splitlines()[0][:120]})") from None
+        state, meta = checkpoint.restore_latest(checkpoint.reader(workdir), like,
+                                                check=_epoch_done)
+    except checkpoint.RestoreError as e:
+        raise CommitteeError(f"{workdir}: {e}: it is damaged or does not match its "
+                             f"config.json; vote the run's saved outputs instead, or "
+                             f"train it again") from None
+    return model, state, _epoch_done(meta)
+
+
+def _epoch_done(meta: dict):
+    """A checkpoint record's epochs finished: E, or "E + S steps" S mini-batches into
+    epoch E + 1."""
     epoch, steps = int(meta["epoch"]), int(meta.get("step_in_epoch") or 0)
-    done = epoch if not steps else f"{epoch} + {steps} steps"
-    return config, model, train.eval_params(state), done
+    return epoch if not steps else f"{epoch} + {steps} steps"
 
 
 OUTPUTS_FORMAT = 1
@@ -147,25 +182,55 @@ def save_outputs(path: str, outputs: dict, precision: str = "float32") -> None:
 
 
 def load_outputs(path: str) -> dict:
-    """A file save_outputs wrote, checked: its arrays as a dict."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            got = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise CommitteeError(f"{path} is not a committee outputs file "
-                             f"(--vote_save_outputs writes them): {e}") from None
+    """A file save_outputs wrote, checked: its arrays as a dict. One that is not such a
+    file, or is damaged (truncated, corrupt, arrays of the wrong kind or shape), is a
+    CommitteeError."""
+    got = _read_npz(path)
     missing = [k for k in _OUTPUT_KEYS if k not in got]
-    if missing or int(got["format"]) != OUTPUTS_FORMAT:
+    if missing or _format(got) != OUTPUTS_FORMAT:
         raise CommitteeError(f"{path} is not a committee outputs file of format "
                              f"{OUTPUTS_FORMAT} (missing {', '.join(missing) or 'nothing'}, "
                              f"format {got.get('format')}): write it again with "
                              f"--vote_save_outputs")
+    try:
+        return _checked_outputs(path, got)
+    except CommitteeError:
+        raise
+    except (TypeError, ValueError, IndexError) as e:
+        raise CommitteeError(f"{path}: its arrays are not a committee's outputs "
+                             f"({checkpoint.reason(e)}); the file is damaged: write it "
+                             f"again with --vote_save_outputs") from None
+
+
+def _read_npz(path: str) -> dict:
+    """Every array of an .npz file; a file numpy cannot read whole is a CommitteeError."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile, zlib.error) as e:
+        raise CommitteeError(f"{path} is not a committee outputs file "
+                             f"(--vote_save_outputs writes them), or it is damaged "
+                             f"({checkpoint.reason(e)})") from None
+
+
+def _format(got: dict) -> int | None:
+    try:
+        return int(got["format"])
+    except (TypeError, ValueError):
+        return None
+
+
+def _checked_outputs(path: str, got: dict) -> dict:
+    """A saved file's arrays, the probabilities as float32, the optional keys filled
+    in; CommitteeError when their shapes disagree."""
     m = len(got["names"])
     for key in ("validation_probabilities", "test_probabilities"):   # float16 archives
         got[key] = got[key].astype(np.float32, copy=False)
     for key, default in _OPTIONAL_KEYS.items():
         got.setdefault(key, np.full(m, default))
-    if (got["validation_probabilities"].shape[0] != m
+    if (got["validation_probabilities"].ndim != 3 or got["test_probabilities"].ndim != 3
+            or got["validation_probabilities"].shape[0] != m
             or got["test_probabilities"].shape[0] != m
             or not len(got["epochs"]) == len(got["eval_shifts"]) == len(got["eval_rotate"])
             == len(got["eval_zoom"]) == len(got["trained_on_validation"]) == m):
@@ -338,10 +403,9 @@ def _check_choice(flag, value, choices):
 def _check_outputs_path(path):
     if not is_outputs_file(path):
         raise CommitteeError(f"--vote_save_outputs={path}: the file name must end in .npz")
-    where = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(where):
-        raise CommitteeError(f"--vote_save_outputs={path}: no directory {where}; create "
-                             f"it first")
+    problem = metrics_io.output_path_problem(path)
+    if problem:
+        raise CommitteeError(f"--vote_save_outputs={path}: {problem}")
 
 
 def _nll(mean_probs, labels) -> float:
@@ -416,6 +480,11 @@ def _same_images(w, saved, ds):
             raise CommitteeError(f"{w} was computed on other {split} images than this "
                                  f"vote's ({ds.source}): vote it with the data it was "
                                  f"saved from")
+        got, want = saved[f"{split}_probabilities"].shape[1], len(getattr(ds, split))
+        if got != want:
+            raise CommitteeError(f"{w} holds {split} outputs of {got} images for "
+                                 f"{want}: the file is damaged; write it again with "
+                                 f"--vote_save_outputs")
 
 
 def vote_runs(workdirs, log=print, options: VoteOptions | None = None, **fields) -> dict:
@@ -424,15 +493,24 @@ def vote_runs(workdirs, log=print, options: VoteOptions | None = None, **fields)
     --vote_save_outputs wrote: its networks vote with their saved outputs (checked to
     be of the same images). options: how to vote (VoteOptions; default: all networks,
     each with its own views, the vote chosen by validation); fields: VoteOptions
-    fields set on top of it, e.g. rule="plurality"."""
+    fields set on top of it, e.g. rule="plurality". Run directories are only read,
+    each under a shared lock (a run that is training is refused); an entry naming one
+    already given, or a network whose outputs repeat another's, counts once, with a
+    warning."""
     options = dataclasses.replace(options or VoteOptions(), **fields).check()
     if not workdirs:
         raise CommitteeError("--vote_runs is empty: give at least one run directory "
                              "(a committee of none has no vote)")
-    entries = _load_entries(workdirs)
-    _check_entries(entries, options)
-    ds = _load_data(entries)
-    nets = _evaluate(entries, ds, options.views(), log)
+    workdirs = _distinct(workdirs, log)
+    with contextlib.ExitStack() as held:
+        for w in workdirs:
+            if not is_outputs_file(w):
+                held.enter_context(_read_locked(w))
+        entries = _load_entries(workdirs)
+        _check_entries(entries, options)
+        ds = _load_data(entries)
+        _check_same_data(entries, ds)
+        nets = _drop_duplicates(_evaluate(entries, ds, options.views(), log), log)
     pv, pt = np.concatenate(nets.validation), np.concatenate(nets.test)
     keep = _select(pv, ds.validation.labels, nets.names, options.select, log)
     result = tally(pv[keep], pt[keep], ds.validation.labels, ds.test.labels,
@@ -450,6 +528,54 @@ def vote_runs(workdirs, log=print, options: VoteOptions | None = None, **fields)
                      precision=options.outputs_precision)
         result["outputs_file"] = options.outputs_path
     return result
+
+
+def _distinct(workdirs, log) -> list:
+    """workdirs without the entries that name one given before them (the same real
+    path: named twice, through a symlink, with a trailing slash), a warning for each."""
+    seen, out = {}, []
+    for w in workdirs:
+        key = os.path.realpath(w)
+        if key in seen:
+            log(f"warning: {w} is {seen[key]}, named twice: counted once")
+            continue
+        seen[key] = w
+        out.append(w)
+    return out
+
+
+# Two networks whose validation and test probabilities all agree within this are one
+# network counted twice (a run beside its saved outputs, or two files holding it):
+# float16 archives round each probability by at most 2**-12.
+DUPLICATE_ATOL = 2.0 ** -11
+
+
+def duplicate_of(probs_val, probs_test, atol: float = DUPLICATE_ATOL) -> list:
+    """Pure: for each network (axis 0 of the (M, N, C) outputs), the index of the first
+    earlier network whose validation and test outputs all agree with its own within
+    `atol`, or None for a network seen first."""
+    close = lambda a, b: a.shape == b.shape and float(np.max(np.abs(a - b))) <= atol
+    out = []
+    for i in range(len(probs_val)):
+        out.append(next((j for j in range(i) if out[j] is None
+                         and close(probs_val[i][:64], probs_val[j][:64])
+                         and close(probs_val[i], probs_val[j])
+                         and close(probs_test[i], probs_test[j])), None))
+    return out
+
+
+def _drop_duplicates(nets, log):
+    """nets without the networks that repeat an earlier one (duplicate_of): each is
+    counted once, with a warning naming both."""
+    pv, pt = np.concatenate(nets.validation), np.concatenate(nets.test)
+    first = duplicate_of(pv, pt)
+    for i, j in enumerate(first):
+        if j is not None:
+            log(f"warning: {nets.names[i]} has the outputs of {nets.names[j]} (the same "
+                f"network given twice): counted once")
+    if all(j is None for j in first):
+        return nets
+    return nets.subset([i for i, j in enumerate(first) if j is None], pv, pt)
 
 
 def _check_entries(entries, options: VoteOptions):
@@ -479,7 +605,48 @@ def _load_data(entries):
     saved files only)."""
     first = next((c for _, c, _ in entries if c is not None), config_lib.base_config())
     return data.load(first.data_source, first.data_dir or None, first.train_size,
-                     download=first.download)
+                     download=first.download, dataset=first.dataset)
+
+
+def _recorded_data(workdir: str) -> dict | None:
+    """The data_sha256 a run's summary.json records (None: no summary, or one written
+    before runs recorded their data)."""
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            recorded = json.load(f).get("data_sha256")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CommitteeError(f"{path} cannot be read ({e}); the file is damaged: "
+                             f"restore it or train the run again") from None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _other_data(config, recorded: dict | None, now: dict) -> str | None:
+    """Pure: how a run's data differs from the vote's (now: data.identity), or None:
+    by the SHA-256s its summary records, else by its config.dataset (the same when the
+    vote's files are that known dataset's)."""
+    if recorded is not None:
+        differ = [s for s, h in now["data_sha256"].items() if recorded.get(s) != h]
+        return f"the SHA-256 of {', '.join(differ)} differs" if differ else None
+    known = data.DATASETS.get(config.dataset)
+    if config.dataset == now["dataset"] or (
+            known is not None and known.idx_sha256 == now["data_sha256"]):
+        return None
+    return f"it names config.dataset={config.dataset}"
+
+
+def _check_same_data(entries, ds) -> None:
+    """Refuses, before any network is evaluated, a run trained on other data than the
+    vote's (saved outputs are checked by their fingerprints, _same_images)."""
+    now = data.identity(ds)
+    for w, config, _ in entries if now else ():
+        why = None if config is None else _other_data(config, _recorded_data(w), now)
+        if why is not None:
+            raise CommitteeError(f"{w} was trained on other data than this vote's "
+                                 f"({data.describe(ds)}): {why}; vote runs trained on "
+                                 f"the same data")
 
 
 @dataclasses.dataclass
@@ -499,6 +666,14 @@ class _Networks:
             getattr(self, f).extend(getattr(other, f))
         for key, values in other.views.items():
             self.views[key].extend(values)
+
+    def subset(self, keep: list, pv, pt) -> _Networks:
+        """The networks at indices `keep`; pv, pt: the outputs concatenated."""
+        pick = lambda values: [values[i] for i in keep]
+        return _Networks(names=pick(self.names), epochs=pick(self.epochs),
+                         trained_on_validation=pick(self.trained_on_validation),
+                         views={k: pick(v) for k, v in self.views.items()},
+                         validation=[pv[keep]], test=[pt[keep]])
 
     def outputs(self, pv, pt, ds) -> dict:
         """What save_outputs writes, pv and pt: the outputs concatenated."""

@@ -161,7 +161,7 @@ def errors_figure(c, outputs_path: str, path: str) -> None:
     from mnist_cnn import data, ensemble, plots
     first = committee_config.member_config(c.members[0])
     ds = data.load(first.data_source, first.data_dir or None, first.train_size,
-                   download=first.download)
+                   download=first.download, dataset=first.dataset)
     saved = committee.load_outputs(outputs_path)
     predictions = np.asarray(ensemble.vote(c.rule, saved["test_probabilities"]))
     plots.errors_grid(ds.test.images, ds.test.labels, predictions, path,

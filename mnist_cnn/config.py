@@ -7,6 +7,7 @@ the command line (`--config.layers[2].features=200`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import ml_collections
@@ -14,6 +15,8 @@ import ml_collections
 from mnist_cnn import layers as L
 
 LAYER_KINDS = ("conv_pool", "fc", "softmax")
+# config.dataset: the known datasets (mnist_cnn/data.py's DATASETS) and any directory.
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "custom")
 INITS = ("network3", "modern")
 
 
@@ -113,7 +116,9 @@ def _data_fields(c):
     c.train_on_validation = False  # True: also train on the 10,000 validation images
                                 # (60,000 with the default train_size); validation then
                                 # selects nothing: the reported epoch is the last one
-    c.data_dir = ""             # "" -> $MNIST_DATA_DIR, then the cache directory
+    c.dataset = "mnist"         # mnist | fashion_mnist | kmnist | custom (any
+                                # directory of the four IDX files, in data_dir)
+    c.data_dir = ""             # "" -> $MNIST_DATA_DIR (mnist), then the cache directory
     c.data_source = "auto"      # auto | idx | tfds
     c.download = True           # fetch into the cache when nothing is found
     c.shuffle = False           # network3 visits mini-batches in the same order each epoch
@@ -184,6 +189,8 @@ def num_train_images(c) -> int:
 MAX_SHIFT = 27   # pixels: a shift of 28 or more leaves a 28x28 image blank
 MAX_EVAL_ROTATE = 45.0   # degrees: test-time rotated views (config.eval_rotate)
 MAX_EVAL_ZOOM = 0.5      # test-time zoomed views by 1 -+ Z (config.eval_zoom)
+MAX_SEED = 2**31 - 1     # seeds are int32 in stacked (vmapped) programs, and a key
+                         # keeps a seed's low 32 bits: larger ones repeat or overflow
 
 
 def _check(cond, msg):
@@ -206,8 +213,8 @@ _TYPES = {int: (_is_int, "an integer"), float: (_is_num, "a number"),
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """How validate checks one top-level field: its type (int; float: any number; bool;
-    None: not checked), then ok(value). A failed ok raises "config.NAME " + message,
+    """How validate checks one top-level field: its type (int; float: any finite number;
+    bool; None: not checked), then ok(value). A failed ok raises "config.NAME " + message,
     where {v} stands for the value."""
     name: str
     type: type | None = None
@@ -219,6 +226,9 @@ class Field:
             is_type, what = _TYPES[self.type]
             value = c[self.name]
             _check(is_type(value), f"config.{self.name} must be {what}, got {value!r}")
+            # inf or NaN would pass a `> 0` check (an infinite learning rate or L2)
+            _check(self.type is not float or math.isfinite(value),
+                   f"config.{self.name} must be a finite number, got {value!r}")
 
     def check_value(self, c):
         value = c[self.name]
@@ -254,7 +264,8 @@ FIELDS = (
     Field("num_members", int, _POSITIVE,
           "must be >= 1 (an ensemble needs at least one network), got {v}"),
     Field("num_runs", int, _POSITIVE, "must be >= 1, got {v}"),
-    Field("seed", int),
+    Field("seed", int, _in(0, MAX_SEED), f"must be in [0, {MAX_SEED}] (jax takes 32-bit "
+          "seeds), got {v}"),
     Field("vote", None, _one_of("plurality", "mean_softmax"),
           "must be plurality or mean_softmax, got {v!r}"),
     Field("augment_shift", int, _in(0, MAX_SHIFT), f"must be in [0, {MAX_SHIFT}] pixels "
@@ -296,6 +307,8 @@ FIELDS = (
     Field("grad", None, _one_of("autodiff", "manual"), "must be autodiff or manual, got {v!r}"),
     Field("dtype", None, _one_of("float32", "bfloat16"),
           "must be float32 or bfloat16, got {v!r}"),
+    Field("dataset", None, _one_of(*DATASETS),
+          f"must be one of {', '.join(DATASETS)}, got {{v!r}}"),
     Field("data_source", None, _one_of("auto", "idx", "tfds"),
           "must be auto, idx or tfds, got {v!r}"),
 )
@@ -325,6 +338,12 @@ def _members_or_runs(c):
            "cannot both exceed 1: train an ensemble, or repeat a single network")
 
 
+def _stacked_seeds_in_range(c):
+    last = c.seed + max(c.num_members, c.num_runs) - 1
+    _check(last <= MAX_SEED, f"config.seed={c.seed} gives the stacked networks seeds up "
+           f"to {last}, beyond {MAX_SEED}; use a smaller seed")
+
+
 def _warmup_within_epochs(c):
     _check(0 <= c.warmup_epochs < c.num_epochs or c.schedule != "onecycle",
            f"config.warmup_epochs must be in [0, num_epochs={c.num_epochs}) for the "
@@ -334,6 +353,12 @@ def _warmup_within_epochs(c):
 def _manual_grad_in_float32(c):
     _check(c.grad == "autodiff" or c.dtype == "float32", "config.grad=manual computes in "
            "float32 only; use config.dtype=float32 or config.grad=autodiff")
+
+
+def _custom_dataset_has_a_directory(c):
+    _check(c.dataset != "custom" or (c.data_dir and c.data_source != "tfds"),
+           "config.dataset=custom reads the four IDX files of a directory: set "
+           "--config.data_dir=DIR (with data_source auto or idx)")
 
 
 def _layers(c):
@@ -351,8 +376,10 @@ def _manual_grad_without_batch_norm(c):
 
 # The rules joining fields, in the order validate applies them after FIELDS.
 CROSS_CHECKS = (_batch_fits_train_size, _micro_batch_divides_batch,
-                _best_run_needs_validation, _members_or_runs, _warmup_within_epochs,
-                _manual_grad_in_float32, _layers, _manual_grad_without_batch_norm)
+                _best_run_needs_validation, _members_or_runs, _stacked_seeds_in_range,
+                _warmup_within_epochs,
+                _manual_grad_in_float32, _layers, _manual_grad_without_batch_norm,
+                _custom_dataset_has_a_directory)
 
 
 def validate(c):

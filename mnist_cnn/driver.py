@@ -54,6 +54,7 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.pn
              "errors.png", "filters.png")
 # Fields a resumed run may change: where data comes from, bookkeeping, and how the work
 # is laid out on devices (checkpoints are stored in the one-device layout).
+MODES = ("fresh", "resume", "done")   # what inspect_workdir finds
 RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints", "plots",
                      "eval_batch_size", "parallel", "num_devices"}
 
@@ -145,6 +146,34 @@ def locked(workdir: str):
         os.close(fd)
 
 
+class RunBusy(RunError):
+    """A run directory whose run is training: another process holds its lock."""
+
+
+@contextlib.contextmanager
+def read_locked(workdir: str):
+    """A shared flock on workdir/.lock, for a process that only reads the run (a
+    vote): RunBusy while a run trains there (it holds the lock exclusively), and no run
+    can start training there until it is released. The lock file is opened read-only
+    and never created: a directory without one was not trained by run.py and is read
+    without a lock."""
+    path = os.path.join(workdir, ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"{workdir} is training (it holds {path}): vote it when it "
+                          f"finishes, or vote its saved outputs") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 class StopFlag:
     """Turns SIGTERM/SIGINT into a flag the training loop checks between chunks."""
 
@@ -153,6 +182,15 @@ class StopFlag:
 
     def __call__(self, signum, frame):
         self.signum = signum
+
+    def agreed(self):
+        """The signal to stop on, None if none: this process's, or in a multi-process
+        run any process's. There it is a collective that every process calls at the same
+        points of the loop, so all stop at the same chunk boundary, where process 0
+        checkpoints: a signal to one process does not leave the others blocked."""
+        if jax.process_count() == 1:
+            return self.signum
+        return parallel.max_over_processes(self.signum or 0) or None
 
 
 @contextlib.contextmanager
@@ -232,24 +270,23 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
     model = build(config)
     config_dict = json.loads(config.to_json())
     writer = jax.process_index() == 0   # in a multi-process run only process 0 writes
+    # A first look, to refuse or skip before loading and compiling; the decision that
+    # counts is taken again under the run's lock (another process may have trained or
+    # checkpointed here meanwhile).
     mode = inspect_workdir(workdir, config_dict, overwrite) if writer else None
-    mode = parallel.from_process_0(mode, ("fresh", "resume", "done"))
-    if mode == "done":
-        if not writer:
-            return {}
-        with open(os.path.join(workdir, "summary.json")) as f:
-            summary = json.load(f)
-        log(f"{workdir} holds a finished run: test accuracy "
-            f"{100 * summary['test_accuracy']:.2f}% (--overwrite to train again)")
-        return summary
+    if parallel.from_process_0(mode, MODES) == "done":
+        return _finished(workdir, log) if writer else {}
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
-                   download=config.download, with_validation=config.train_on_validation)
+                   download=config.download, with_validation=config.train_on_validation,
+                   dataset=config.dataset)
     ds = augment.preprocessed(ds, config.width_norm, config.deskew)
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
     if not writer:
+        if parallel.from_process_0(None, MODES) == "done":   # process 0's locked decision
+            return {}
         with stop_on_signals() as stop:
             return _train(plan, None, stop, t_start, False, lambda *a: None)
-    log(f"data: {ds.source}; train {plan.num_train}"
+    log(f"data: {data.describe(ds)}; train {plan.num_train}"
         f"{' (validation images included)' if config.train_on_validation else ''}, "
         f"validation {len(ds.validation)}, "
         f"test {len(ds.test)}; {plan.num_batches} mini-batches of {config.batch_size}"
@@ -258,6 +295,10 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
     try:
         os.makedirs(workdir, exist_ok=True)
         with locked(workdir), stop_on_signals() as stop:
+            mode = parallel.from_process_0(
+                inspect_workdir(workdir, config_dict, overwrite), MODES)
+            if mode == "done":
+                return _finished(workdir, log)
             if mode == "fresh":
                 clear_run(workdir)
                 metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), config_dict)
@@ -269,6 +310,15 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
         raise
 
 
+def _finished(workdir: str, log) -> dict:
+    """The summary of the finished run in `workdir`, logged."""
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    log(f"{workdir} holds a finished run: test accuracy "
+        f"{100 * summary['test_accuracy']:.2f}% (--overwrite to train again)")
+    return summary
+
+
 def _devices_text(plan):
     kind = jax.devices()[0].device_kind
     if plan.par is None:
@@ -278,10 +328,30 @@ def _devices_text(plan):
     return f"{plan.devices} x {kind}{procs} ({how})"
 
 
+MEMINFO = "/proc/meminfo"
+
+
+def mem_available(path: str | None = None) -> int | None:
+    """MemAvailable of /proc/meminfo (MEMINFO), in bytes: what the kernel can hand out
+    without swapping (free pages plus the page cache it can reclaim); None without it."""
+    try:
+        with open(path or MEMINFO) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_memory() -> int | None:
-    """Bytes the default device can still hold (host RAM on CPU), None if unknown."""
+    """Bytes the default device can still hold (on a CPU the host's MemAvailable, else
+    its free pages), None if unknown."""
     device = jax.devices()[0]
     if device.platform == "cpu":
+        available = mem_available()
+        if available is not None:
+            return available
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (ValueError, OSError):
@@ -322,10 +392,10 @@ class Plan:
             config.ema_decay)
         self.train_x, self.train_y = self._training_data()
         self.compiled, self.compile_s = self._compile()
-        self.check_memory()
         self.predict = train.make_predict(model, config.eval_batch_size, self.stacked,
                                             config.eval_shifts, config.eval_rotate,
                                             config.eval_zoom)
+        self.check_memory()
         self.calibrate = None
         if config_lib.uses_batch_norm(config):
             self.calibrate = train.make_calibrate(model, stacked=self.stacked)
@@ -401,17 +471,66 @@ class Plan:
                 parallel.losses_to_host(self.par, nlls))
 
     def check_memory(self):
-        try:
-            m = self.compiled.memory_analysis()
-            need = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-        except Exception:   # not every backend reports it
+        """Refuses, before anything is written, a run whose training chunk, or whose
+        evaluation (eval_batch_size images x test-time views at a time, while the
+        training state and data stay on the device), would not fit in the memory left:
+        an evaluation that ran out of memory after an epoch would do so again on every
+        resume."""
+        trains = _memory_need(self.compiled)
+        free = available_memory() if trains is not None else None
+        if free is None:   # not every backend reports either
             return
-        free = available_memory()
-        if free is not None and need > free:
+        need = sum(trains)
+        if need > free:
             raise RunError(
                 f"{self.members} stacked network(s) need about {need / 2**30:.1f} GiB to "
                 f"train but {free / 2**30:.1f} GiB is free; use fewer members/runs "
                 f"(--config.num_members / --config.num_runs) or a smaller batch_size")
+        evaluates = self._evaluation_need()
+        if evaluates is not None and trains[0] + evaluates > free:
+            c = self.config
+            views = train.num_views(c.eval_shifts, c.eval_rotate, c.eval_zoom)
+            fewer = (" or fewer test-time views (eval_shifts, eval_rotate, eval_zoom)"
+                     if views > 1 else "")
+            raise RunError(
+                f"evaluating needs about {_size(trains[0] + evaluates)} ({c.eval_batch_size} "
+                f"images x {views} view(s) at a time, beside the training state and data) "
+                f"but {_size(free)} is free; use a smaller --config.eval_batch_size (now "
+                f"{c.eval_batch_size}){fewer}")
+
+    def _evaluation_need(self) -> int | None:
+        """Bytes the evaluation of the validation or test images needs beyond the
+        training's arguments: its compiled program's (ahead of time; the evaluation
+        reuses the compilation) for the larger split, plus both splits on the device."""
+        t0 = time.perf_counter()
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                              train.eval_params(self.state))
+        needs, on_device = [], 0
+        for split in (s for s in (self.ds.validation, self.ds.test) if len(s)):
+            images = jax.ShapeDtypeStruct(split.images.shape, split.images.dtype)
+            on_device += split.images.nbytes + split.labels.nbytes
+            try:
+                compiled = self.predict.lower(params, images, self.keep).compile()
+            except Exception:   # a backend that cannot compile ahead: not checked
+                return None
+            need = _memory_need(compiled)
+            needs.append(None if need is None else sum(need))
+        self.compile_s += time.perf_counter() - t0
+        return None if not needs or None in needs else max(needs) + on_device
+
+
+def _memory_need(compiled) -> tuple[int, int] | None:
+    """(argument bytes, temporary + output bytes) of a compiled program by XLA's memory
+    analysis, None where the backend reports none."""
+    try:
+        m = compiled.memory_analysis()
+        return m.argument_size_in_bytes, m.temp_size_in_bytes + m.output_size_in_bytes
+    except Exception:
+        return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _evaluate(plan, params, images, labels):
@@ -555,15 +674,59 @@ def _resume(plan, mngr, log):
     """(state, RunPosition) of the newest checkpoint, else the plan's initial state at
     the start; in a multi-process run every process continues from process 0's."""
     state, pos = plan.state, RunPosition()
-    restored = checkpoint.restore_latest(mngr, state) if mngr else None
+    restored = _restore(mngr, state) if mngr else None
     if restored is not None:
-        state, pos = restored[0], RunPosition.from_dict(restored[1])
+        _check_same_data(plan.ds, restored.meta, mngr)
+        _set_aside(mngr, restored, log)
+        state, pos = restored.state, RunPosition.from_dict(restored.meta)
         log(f"resuming from the checkpoint at {pos.where(plan.num_batches)}")
     if jax.process_count() > 1:
         state, epoch, step = parallel.tree_from_process_0(
             (state, pos.epoch, pos.step_in_epoch))
         pos = dataclasses.replace(pos, epoch=epoch, step_in_epoch=step)
     return state, pos
+
+
+def data_difference(record: dict, ds) -> list[str]:
+    """'FILE: SHA-256 old... -> new...' for each file whose SHA-256 in a checkpoint's
+    record differs from the data `ds` was loaded from; [] when either does not record
+    them (a checkpoint written before runs recorded their data resumes unchecked)."""
+    now = data.identity(ds).get("data_sha256")
+    was = record.get("data_sha256")
+    if not now or not isinstance(was, dict):
+        return []
+    return [f"{stem}: SHA-256 {str(was.get(stem))[:12]}... -> {sha[:12]}..."
+            for stem, sha in now.items() if was.get(stem) != sha]
+
+
+def _check_same_data(ds, record: dict, mngr) -> None:
+    """A RunError when the checkpoint was trained on other files than `ds`'s."""
+    diff = data_difference(record, ds)
+    if diff:
+        raise RunError(f"the checkpoint in {mngr.directory} was trained on other data "
+                       f"than this run loads ({'; '.join(diff)}): resume it with the data "
+                       f"it was trained on, or use a new --workdir")
+
+
+def _restore(mngr, like):
+    """The newest checkpoint that restores (checkpoint.Restored), or None if there is
+    none; none restoring is a RunError (nothing is moved)."""
+    try:
+        return checkpoint.restore_fallback(mngr, like, check=RunPosition.from_dict)
+    except checkpoint.RestoreError as e:
+        raise RunError(f"{mngr.directory}: {e}; move that directory away and re-run "
+                       f"to train from the start, or pass --overwrite") from None
+
+
+def _set_aside(mngr, restored, log) -> None:
+    """Each checkpoint newer than the one restored, which could not be, set aside
+    (checkpoint.set_aside) with one line saying which step and why: the run trains
+    those steps again. Done once the resume is known to go ahead."""
+    for step, why in restored.skipped:
+        name = checkpoint.set_aside(mngr, step)
+        log(f"the checkpoint at step {step} cannot be restored ({why}): set aside as "
+            f"{checkpoint.CHECKPOINT_DIR}/{name}; falling back to step {restored.step}, "
+            f"the newest that restores")
 
 
 def _run_epoch(ctx, state, host_state, pos, epoch):
@@ -586,8 +749,9 @@ def _run_epoch(ctx, state, host_state, pos, epoch):
     _checkpoint(ctx, state, pos)
     ctx.records.add(record)
     ctx.log(_epoch_line(record, plan.config.eval_every))
-    if ctx.stop.signum:
-        raise Interrupted(ctx.stop.signum, epoch, plan.num_batches)
+    signum = ctx.stop.agreed()
+    if signum:
+        raise Interrupted(signum, epoch, plan.num_batches)
     return state, host_state, pos, predictions
 
 
@@ -609,11 +773,12 @@ def _train_steps(ctx, state, host_state, pos, epoch, sums):
             sums.add(losses, nlls)
             bar.update(plan.chunk_steps)
             end = start + plan.chunk_steps
-            if end < plan.num_batches and (
-                    ctx.stop.signum or (every and end // every > start // every)):
-                _checkpoint(ctx, state, pos.within_epoch(end, sums, plan.stacked))
-                if ctx.stop.signum:
-                    raise Interrupted(ctx.stop.signum, epoch, end)
+            if end < plan.num_batches:
+                signum = ctx.stop.agreed()
+                if signum or (every and end // every > start // every):
+                    _checkpoint(ctx, state, pos.within_epoch(end, sums, plan.stacked))
+                if signum:
+                    raise Interrupted(signum, epoch, end)
     return state
 
 
@@ -696,7 +861,9 @@ def _checkpoint(ctx, state, pos: RunPosition) -> None:
     host_state = ctx.plan.host(state)
     pos = dataclasses.replace(pos, wall_time_s=ctx.wall_time_s(),
                               compile_time_s=ctx.compile_time_s())
-    checkpoint.save(ctx.mngr, int(np.max(host_state.step)), host_state, pos.to_dict())
+    with parallel.SAVING:   # a stop for another process's failure waits for the save
+        checkpoint.save(ctx.mngr, int(np.max(host_state.step)), host_state,
+                        {**pos.to_dict(), **data.identity(ctx.plan.ds)})
 
 
 def learning_rates(config, num_batches: int, swept=None):
@@ -740,7 +907,7 @@ def _summary(ctx, host_state, pos, predictions):
         wall_time_s=round(ctx.wall_time_s(), 2),
         compile_time_s=round(ctx.compile_time_s(), 2),
         train_images_per_s=round(images / max(pos.train_time_s, 1e-9), 1),
-        train_images=images, data_source=plan.ds.source,
+        train_images=images, data_source=plan.ds.source, **data.identity(plan.ds),
         device=jax.devices()[0].device_kind, devices=plan.devices,
         platform=jax.default_backend(), jax_version=jax.__version__)
     chosen = summary.get("chosen_run", 0)

@@ -14,8 +14,11 @@ appears once in each, whatever a killed process had written past its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import secrets
 import shutil
 from typing import Callable
 
@@ -28,16 +31,89 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    try:
+    """`text` in `path`, whole or not at all: written to a temporary file of a unique
+    name beside it (two writers of one path never share one), synced, renamed over
+    `path`, and the directory synced so the rename survives a power cut."""
+    with temp_beside(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+def create_json_exclusive(path: str, obj) -> bool:
+    """Writes `obj` to `path` only if no file is there: True if this call created it,
+    False if one already existed (then it is left as it is). Of several processes
+    trying at once exactly one creates it, and none sees a partial file: the JSON is
+    written and synced under a temporary name, then hard-linked to `path`, which fails
+    when `path` exists (O_EXCL where the file system has no hard links)."""
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    with temp_beside(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                raise
+            return _create_exclusive(path, text)
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
+def _create_exclusive(path: str, text: str) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(os.path.dirname(path))
+    return True
+
+
+@contextlib.contextmanager
+def temp_beside(path: str, suffix: str = ".tmp"):
+    """A fresh file name in `path`'s directory, PATH.RANDOM.tmp, created empty and
+    exclusively (no other writer can take it; the usual permissions, not mkstemp's
+    0600), removed on leaving unless it was renamed away."""
+    while True:
+        tmp = f"{path}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_dir(directory: str) -> None:
+    """Syncs a directory, making the renames and new files in it durable (a file's
+    fsync does not cover its directory entry). File systems that cannot sync a
+    directory are skipped."""
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def append_jsonl(path: str, obj) -> None:
@@ -116,3 +192,17 @@ def write_records(workdir: str, metrics, extra: Callable[[int], dict] = lambda e
     """metrics.jsonl and tensorboard/ of a run directory whose epochs are `metrics`
     (such as one point of a vmapped sweep, split from its group's records)."""
     Recorder(workdir, metrics, extra).close()
+
+
+def output_path_problem(path: str) -> str | None:
+    """Why an output file cannot be written at `path` (its directory missing or not
+    writable, or the path a directory), or None: checked before the work whose result
+    it will hold, so a typo costs no evaluation or timing."""
+    where = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{path} is a directory; give a file name"
+    if not os.path.isdir(where):
+        return f"no directory {where}; create it first"
+    if not os.access(where, os.W_OK | os.X_OK):
+        return f"{where} is not writable; choose another directory"
+    return None

@@ -15,12 +15,20 @@ The driver keeps the single-device ("host") layout for checkpoints and evaluatio
 with 8 devices resumes on 1 and the other way round.
 
 Multi-process (jax.distributed): each process owns its local devices; pmap's axis spans
-the devices of every process, so the same code runs unchanged.
+the devices of every process, so the same code runs unchanged. A process that fails or
+is killed would leave the others blocked in a collective: `PeerWatch` (beats in
+jax.distributed's key-value store) ends them with one line naming it, and
+`relay_stderr` turns jax's own abort, when process 0 vanishes, into one line.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import os
+import sys
+import threading
+import time
 from functools import partial
 
 import jax
@@ -169,10 +177,6 @@ def initialize_distributed(address: str, num_processes: int, process_id: int,
     """jax.distributed.initialize, bounded in time. When the coordinator (or another
     process) never answers, jax aborts the process from C++ after its own timeout with
     a stack dump; a watchdog thread fires first with one line and exit code 2."""
-    import os
-    import sys
-    import threading
-
     def give_up():
         sys.stderr.write(
             f"error: the jax.distributed coordinator at {address} did not gather all "
@@ -203,9 +207,186 @@ def tree_from_process_0(tree):
                         out, tree)
 
 
+def max_over_processes(value: int) -> int:
+    """The largest of every process's `value` (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
 def from_process_0(choice, choices):
     """Process 0's pick among `choices` (other processes pass anything, e.g. None)."""
     if jax.process_count() == 1:
         return choice
     index = choices.index(choice) if jax.process_index() == 0 else 0
     return choices[int(tree_from_process_0(np.int32(index)))]
+
+
+# ---- a multi-process run that loses one of its processes ----
+
+WATCH_KEYS = "mnist_cnn/watch/"   # in jax.distributed's key-value store
+BEAT_S = 1.0          # every process says it is alive this often
+SILENT_S = 15.0       # a process silent this long has stopped (killed; its host down)
+LEAVE_WAIT_S = 10.0   # process 0 waits this long for the others to leave first
+SAVE_WAIT_S = 60.0    # a stop waits this long for a checkpoint being written
+RESUME = ("the last checkpoint is kept: start every process again with the same "
+          "command to resume")
+# Held by process 0 while it writes a checkpoint: a stop waits for the save to finish.
+SAVING = threading.Lock()
+
+
+def peer_problem(me: int, n: int, keys: dict, seen: dict, now: float,
+                 silent_s: float = SILENT_S) -> tuple[str, int | None] | None:
+    """What stops process `me` of `n`, from the watch keys of the store (name -> value:
+    `beat/P` a counter each process P raises, `done/P` P finished, `gone/P` P left,
+    `abort` the first failure's text): (cause, the silent process or None), or None.
+    `seen` (P -> (last beat, when it changed)) is updated in place."""
+    abort = keys.get("abort")
+    if abort is not None and not abort.startswith(f"process {me} "):
+        return abort, None
+    for p in range(n):
+        if p == me or f"done/{p}" in keys or f"gone/{p}" in keys:
+            continue
+        beat = keys.get(f"beat/{p}")
+        if p not in seen or seen[p][0] != beat:
+            seen[p] = (beat, now)
+        elif now - seen[p][1] > silent_s:
+            return (f"process {p} of {n} stopped answering for {silent_s:g} s (killed, "
+                    f"or its host went down)"), p
+    return None
+
+
+class PeerWatch:
+    """Process `me` of a jax.distributed run of `n`: a daemon thread that raises this
+    process's beat in jax.distributed's key-value store every BEAT_S and reads the
+    others'. A process that failed publishes why (`fail`); one silent for SILENT_S has
+    stopped. Either way every other process, which may be blocked in a collective for
+    good, writes one line naming that process and the cause and ends (exit status 2),
+    after any checkpoint being written. Process 0 hosts the store, so it leaves last."""
+
+    def __init__(self, client, me: int, n: int, silent_s: float = SILENT_S):
+        self.client, self.me, self.n, self.silent_s = client, me, n, silent_s
+        self.seen, self.beats, self.silent = {}, 0, set()
+        self.contact = time.monotonic()
+        self.closed = threading.Event()   # this process is leaving by itself
+        self.status = None                # its exit status once it failed
+
+    def start(self) -> PeerWatch:
+        threading.Thread(target=self._loop, daemon=True, name="peer-watch").start()
+        return self
+
+    def _keys(self) -> dict:
+        self.beats += 1
+        self.client.key_value_set(f"{WATCH_KEYS}beat/{self.me}", str(self.beats),
+                                  allow_overwrite=True)
+        return {k[len(WATCH_KEYS):]: v for k, v in self.client.key_value_dir_get(WATCH_KEYS)}
+
+    def _loop(self) -> None:
+        while not self.closed.wait(BEAT_S):
+            now = time.monotonic()
+            try:
+                keys = self._keys()
+            except Exception:   # the store (process 0) is gone or out of reach
+                if now - self.contact > self.silent_s:
+                    self._stop(f"process 0 of {self.n}, the jax.distributed coordinator, "
+                               f"stopped answering for {self.silent_s:g} s", 0)
+                continue
+            self.contact = now
+            problem = peer_problem(self.me, self.n, keys, self.seen, now, self.silent_s)
+            if problem:
+                self._stop(*problem)
+
+    def _stop(self, cause: str, silent: int | None) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        if silent is not None:
+            self.silent.add(silent)
+            self._publish("abort", cause)   # for the processes still running
+        sys.stderr.write(f"error: {cause}; process {self.me} stops too; {RESUME}\n")
+        saved = SAVING.acquire(timeout=SAVE_WAIT_S)   # a checkpoint being written ends
+        try:
+            self.leave(2)
+        finally:   # reached only where os._exit is replaced (tests)
+            if saved:
+                SAVING.release()
+
+    def _publish(self, key: str, value: str) -> None:
+        try:
+            self.client.key_value_set(WATCH_KEYS + key, value, allow_overwrite=key != "abort")
+        except Exception:   # already set, or the store is gone: nothing more to tell
+            pass
+
+    def fail(self, cause: str, status: int) -> None:
+        """This process failed: the others learn `cause` now; it ends with `status`
+        when Python exits (its own line written), without jax's shutdown, which would
+        wait for processes that have gone."""
+        self.closed.set()
+        self._publish("abort", f"process {self.me} of {self.n} failed: {cause}")
+        self.status = status
+        atexit.register(self.leave, status)   # runs before jax's own exit handler
+
+    def finish(self) -> None:
+        """This process finished, or stopped on a signal every process agreed on."""
+        self.closed.set()
+        self._publish(f"done/{self.me}", "1")
+
+    def leave(self, status: int) -> None:
+        """Ends this process now (os._exit): process 0 once the others have left (or
+        after LEAVE_WAIT_S), the others after saying they leave."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.me == 0:
+            self._wait_for_others()
+        else:
+            self._publish(f"gone/{self.me}", "1")
+        os._exit(status)
+
+    def _wait_for_others(self) -> None:
+        deadline = time.monotonic() + LEAVE_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                keys = {k[len(WATCH_KEYS):] for k, _ in
+                        self.client.key_value_dir_get(WATCH_KEYS)}
+            except Exception:
+                return
+            if all(p in self.silent or f"gone/{p}" in keys or f"done/{p}" in keys
+                   for p in range(1, self.n)):
+                return
+            time.sleep(0.1)
+
+
+def watch_peers(process_id: int, num_processes: int) -> PeerWatch | None:
+    """A started PeerWatch of this jax.distributed run, None without one."""
+    try:   # the client jax.distributed.initialize made (as multihost_utils reads it)
+        from jax._src import distributed
+        client = distributed.global_state.client
+    except (ImportError, AttributeError):   # a jax that keeps it elsewhere: unwatched
+        return None
+    if client is None or num_processes < 2:
+        return None
+    return PeerWatch(client, process_id, num_processes).start()
+
+
+def relay_stderr(process_id: int, num_processes: int) -> None:
+    """Points this process's stderr (file descriptor 2) at a relay process that passes it
+    through and turns jax's fatal abort, when process 0 disappears, into one line
+    (mnist_cnn/stderr_relay.py). For processes other than 0: process 0 hosts the
+    coordination service and ends through PeerWatch before jax would abort it."""
+    import subprocess
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-m", "mnist_cnn.stderr_relay", str(process_id),
+                          str(num_processes)], stdin=read_end, stdout=original,
+                         stderr=original, start_new_session=True)
+    except OSError:   # no relay: jax's abort stays as jax writes it
+        os.close(write_end)
+        return
+    finally:
+        os.close(read_end)
+        os.close(original)
+    os.dup2(write_end, 2)
+    os.close(write_end)

@@ -145,24 +145,32 @@ def grid_record(config, axes) -> dict:
 
 
 def check_grid(workdir: str, record: dict) -> None:
-    """Writes DIR/sweep.json, or checks that the one there describes the same grid."""
+    """Creates DIR/sweep.json, or checks that the one there describes the same grid.
+    Created exclusively: of shards starting together exactly one records its grid, and
+    the others are checked against it."""
     from mnist_cnn import driver
     path = os.path.join(workdir, GRID_FILE)
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        os.makedirs(workdir, exist_ok=True)
+        if metrics_io.create_json_exclusive(path, record):
+            return
+    try:
         with open(path) as f:
             stored = json.load(f)
-        if stored["axes"] != record["axes"]:
-            raise SweepError(f"{workdir} holds a sweep over a different grid "
-                             f"({_axes_text(stored['axes'])}, asked for "
-                             f"{_axes_text(record['axes'])}); every shard and re-run must "
-                             f"pass the same --sweep flags, or use a new --workdir")
-        diff = driver.config_diff(stored["base_config"], record["base_config"])
-        if diff:
-            raise SweepError(f"{workdir} holds a sweep of a different base config: "
-                             f"{'; '.join(diff[:3])}")
-        return
-    os.makedirs(workdir, exist_ok=True)
-    metrics_io.write_json_atomic(path, record)
+        stored_axes, stored_base = stored["axes"], stored["base_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SweepError(f"{path} is unreadable or damaged; move it away (with the "
+                         f"sweep's points if its grid is unknown) or use a new "
+                         f"--workdir") from None
+    if stored_axes != record["axes"]:
+        raise SweepError(f"{workdir} holds a sweep over a different grid "
+                         f"({_axes_text(stored_axes)}, asked for "
+                         f"{_axes_text(record['axes'])}); every shard and re-run must "
+                         f"pass the same --sweep flags, or use a new --workdir")
+    diff = driver.config_diff(stored_base, record["base_config"])
+    if diff:
+        raise SweepError(f"{workdir} holds a sweep of a different base config: "
+                         f"{'; '.join(diff[:3])}")
 
 
 def _axes_text(axes) -> str:
@@ -306,7 +314,9 @@ def _write_point(config, workdir, point, index, metrics, k, group_summary, toget
                    vmapped_with=together,
                    diverged=any(m["train_loss"] != m["train_loss"] for m in mine),
                    **{k2: group_summary[k2] for k2 in ("data_source", "device",
-                                                       "jax_version")})
+                                                       "jax_version")},
+                   **{k2: group_summary[k2] for k2 in ("dataset", "data_sha256")
+                      if k2 in group_summary})
     own = apply(config, point)
     metrics_io.write_json_atomic(os.path.join(d, "config.json"), json.loads(own.to_json()))
     num_batches = train.steps_per_epoch(config_lib.num_train_images(own), own.batch_size)

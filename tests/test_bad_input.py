@@ -6,7 +6,9 @@ import errno
 import gzip
 import os
 import shutil
+import struct
 import subprocess
+import zlib
 
 import numpy as np
 import pytest
@@ -14,8 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn import data
-from tests.test_data import idx_bytes as _idx
-from tests.test_run import QUICK, assert_user_error, run
 
 # (override, fragment the error line must contain)
 CONFIG_CASES = [
@@ -36,6 +36,12 @@ CONFIG_CASES = [
     ("width_norm=12.5", "width_norm"), ("deskew=perhaps", "deskew"),
     ("schedule=onecycle --config.warmup_epochs=60", "warmup_epochs"),
     ("seed=1.5", "seed"),
+    ("seed=-1", "config.seed must be in [0, 2147483647]"),
+    ("seed=9223372036854775808", "config.seed must be in [0, 2147483647]"),
+    ("seed=2147483647 --config.num_members=2", "seeds up to 2147483648"),
+    ("learning_rate=inf", "config.learning_rate must be a finite number"),
+    ("l2=inf", "config.l2 must be a finite number"),
+    ("warmup_epochs=nan", "config.warmup_epochs must be a finite number"),
     ("train_size=0", "train_size"), ("train_size=50001", "train_size"),
     ("data_source=s3", "data_source"),
     ("shuffle=sometimes", "shuffle"), ("plots=perhaps", "plots"),
@@ -75,10 +81,11 @@ CONFIG_CASES = [
 
 
 @pytest.mark.parametrize("override,fragment", CONFIG_CASES)
-def test_every_config_field_rejects_bad_values(tmp_path, override, fragment):
+def test_every_config_field_rejects_bad_values(tmp_path, override, fragment, run_py,
+                                                assert_user_error):
     w = tmp_path / "w"
-    proc = run("--config=experiments/dbl_conv_relu.py", f"--workdir={w}",
-               "--config.train_size=100", *f"--config.{override}".split(" "))
+    proc = run_py("--config=experiments/dbl_conv_relu.py", f"--workdir={w}",
+                  "--config.train_size=100", *f"--config.{override}".split(" "))
     assert_user_error(proc, fragment)
     assert not w.exists()
 
@@ -92,57 +99,45 @@ def test_every_config_field_rejects_bad_values(tmp_path, override, fragment):
     (["--workdir"], "workdir"),
     (["--overwrite=maybe"], "overwrite"),
 ])
-def test_malformed_flags(tmp_path, args, fragment):
+def test_malformed_flags(tmp_path, args, fragment, run_py, assert_user_error):
     extra = [] if args == ["--workdir"] else [f"--workdir={tmp_path}/w"]
-    proc = run("--config=experiments/dbl_conv_relu.py", *extra, *args)
+    proc = run_py("--config=experiments/dbl_conv_relu.py", *extra, *args)
     assert_user_error(proc, fragment)
 
 
-def test_ensemble_and_runs_together_refused(tmp_path):
-    assert_user_error(run("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
-                          "--config.num_members=2", "--config.num_runs=2"), "cannot both")
+def test_ensemble_and_runs_together_refused(tmp_path, run_py, assert_user_error):
+    assert_user_error(run_py("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
+                             "--config.num_members=2", "--config.num_runs=2"), "cannot both")
 
 
-def test_best_of_runs_with_validation_trained_on_refused(tmp_path):
+def test_best_of_runs_with_validation_trained_on_refused(tmp_path, run_py, assert_user_error):
     """num_runs keeps the best-validation run: meaningless on trained-on validation."""
-    assert_user_error(run("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
-                          "--config.num_runs=2", "--config.train_on_validation=True"),
+    assert_user_error(run_py("--config=experiments/dbl_conv_relu.py", f"--workdir={tmp_path}/w",
+                             "--config.num_runs=2", "--config.train_on_validation=True"),
                       "train_on_validation", "num_runs")
     assert not (tmp_path / "w").exists()
 
 
-def test_bad_config_variant_argument(tmp_path):
-    assert_user_error(run("--config=experiments/dbl_conv.py:softplus",
-                          f"--workdir={tmp_path}/w"), "activation")
-    assert_user_error(run("--config=experiments/modern.py:deep=1,rot=10",
-                          f"--workdir={tmp_path}/w"),
+def test_bad_config_variant_argument(tmp_path, run_py, assert_user_error):
+    assert_user_error(run_py("--config=experiments/dbl_conv.py:softplus",
+                             f"--workdir={tmp_path}/w"), "activation")
+    assert_user_error(run_py("--config=experiments/modern.py:deep=1,rot=10",
+                             f"--workdir={tmp_path}/w"),
                       "variant rot= only sets config fields: write "
                       "--config.augment_rotate=10 instead")
     assert not (tmp_path / "w").exists()
 
 
-def test_override_of_a_field_the_config_lacks_names_it(tmp_path):
+def test_override_of_a_field_the_config_lacks_names_it(tmp_path, run_py, assert_user_error):
     for flag, field in (("--config.layers[1].kernel=3", "kernel"),
                         ("--config.no_such_field=1", "no_such_field")):
-        assert_user_error(run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-                              "--config.seed=2", flag),
+        assert_user_error(run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                                 "--config.seed=2", flag),
                           f"{flag.split('=')[0]}: the config has no field '{field}'")
     assert not (tmp_path / "w").exists()
 
 
 # ---- damaged data through the command line ----
-
-def _dataset(d, n_train=60000, n_test=100, train_labels=None, image_hw=(28, 28)):
-    d.mkdir(exist_ok=True)
-    imgs = lambda n: np.zeros((n, *image_hw), np.uint8)
-    labels = train_labels if train_labels is not None else np.zeros(n_train, np.uint8)
-    for name, arr in [("train-images-idx3-ubyte", imgs(n_train)),
-                      ("train-labels-idx1-ubyte", labels),
-                      ("t10k-images-idx3-ubyte", imgs(n_test)),
-                      ("t10k-labels-idx1-ubyte", np.zeros(n_test, np.uint8))]:
-        (d / name).write_bytes(_idx(arr))
-    return d
-
 
 @pytest.mark.parametrize("damage,fragment", [
     ("empty", "too short"),
@@ -154,16 +149,17 @@ def _dataset(d, n_train=60000, n_test=100, train_labels=None, image_hw=(28, 28))
     ("checksum", "SHA-256"),
     ("not_gzip", "cannot read"),
 ])
-def test_damaged_dataset_via_cli(tmp_path, damage, fragment):
+def test_damaged_dataset_via_cli(tmp_path, damage, fragment, run_py, assert_user_error, quick,
+                                 idx_dataset_dir):
     d = tmp_path / "mnist"
     if damage == "dims":
-        _dataset(d, image_hw=(28, 27))
+        idx_dataset_dir(d, image_hw=(28, 27))
     elif damage == "labels":
-        _dataset(d, train_labels=np.full(60000, 12, np.uint8))
+        idx_dataset_dir(d, train_labels=np.full(60000, 12, np.uint8))
     elif damage == "count":
-        _dataset(d, train_labels=np.zeros(59999, np.uint8))
+        idx_dataset_dir(d, train_labels=np.zeros(59999, np.uint8))
     else:
-        _dataset(d)
+        idx_dataset_dir(d)
     target = d / "t10k-labels-idx1-ubyte"
     if damage == "empty":
         target.write_bytes(b"")
@@ -176,22 +172,22 @@ def test_damaged_dataset_via_cli(tmp_path, damage, fragment):
     elif damage == "not_gzip":
         target.unlink()
         (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip data")
-    proc = run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-               f"--config.data_dir={d}", *QUICK)
+    proc = run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                  f"--config.data_dir={d}", *quick)
     assert_user_error(proc, fragment)
     assert not (tmp_path / "w").exists()
 
 
-def test_data_dir_that_is_a_file(tmp_path):
+def test_data_dir_that_is_a_file(tmp_path, run_py, assert_user_error, quick):
     f = tmp_path / "file"
     f.write_text("x")
-    assert_user_error(run("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
-                          "--config.data_source=idx", f"--config.data_dir={f}", *QUICK),
+    assert_user_error(run_py("--config=experiments/shallow.py", f"--workdir={tmp_path}/w",
+                             "--config.data_source=idx", f"--config.data_dir={f}", *quick),
                       "does not exist")
 
 
-def test_unreadable_file_is_a_data_error(tmp_path, monkeypatch):
-    d = _dataset(tmp_path / "mnist", n_train=10, n_test=5)
+def test_unreadable_file_is_a_data_error(tmp_path, monkeypatch, idx_dataset_dir):
+    d = idx_dataset_dir(tmp_path / "mnist", n_train=10, n_test=5)
     if os.geteuid() != 0:
         os.chmod(d / "train-images-idx3-ubyte", 0)
     else:   # root reads everything: make the read itself fail as for an unreadable file
@@ -232,54 +228,86 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(p)], capture_output=True)
 
 
-def test_read_only_run_directory(tmpfs, mnist_dir):
+def test_read_only_run_directory(tmpfs, mnist_dir, run_py, assert_user_error, quick):
     ro = tmpfs("ro", "ro,size=1m")
-    proc = run("--config=experiments/shallow.py", f"--workdir={ro}/run", *QUICK)
+    proc = run_py("--config=experiments/shallow.py", f"--workdir={ro}/run", *quick)
     assert_user_error(proc, "not a writable directory")
 
 
-def test_full_file_system(tmpfs, mnist_dir):
+def test_full_file_system(tmpfs, mnist_dir, run_py, assert_user_error, quick):
     full = tmpfs("full", "size=48k")
-    proc = run("--config=experiments/shallow.py", f"--workdir={full}/run", *QUICK)
+    proc = run_py("--config=experiments/shallow.py", f"--workdir={full}/run", *quick)
     assert_user_error(proc, "cannot write", "No space left")
 
 
 # ---- fuzzing the IDX reader ----
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=64))
-def test_fuzz_parse_idx_arbitrary_bytes(raw):
+def idx_or_none(raw):
+    """An independent IDX reader: the uint8 array, or None where the bytes are not a
+    valid IDX file (magic 0x0000 0x08 ndim>0, big-endian dims, then exactly the data)."""
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] == 0:
+        return None
+    ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        return None
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    if len(raw) != 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64)):
+        return None
+    return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
+
+
+def assert_parses_as_reference(raw):
+    """data.parse_idx gives idx_or_none's array, or a DataError where that finds none."""
+    expected = idx_or_none(raw)
     try:
         arr = data.parse_idx(raw)
     except data.DataError:
+        assert expected is None
         return
-    assert arr.dtype == np.uint8 and arr.size == len(raw) - 4 - 4 * arr.ndim
+    assert expected is not None and arr.dtype == np.uint8
+    np.testing.assert_array_equal(arr, expected)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=64))
+def test_fuzz_parse_idx_arbitrary_bytes(raw):
+    assert_parses_as_reference(raw)
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.integers(0, 6), min_size=1, max_size=3), st.integers(0, 255),
        st.integers(-8, 8), st.integers(0, 3), st.binary(max_size=8))
-def test_fuzz_parse_idx_mutated_headers(dims, code, size_delta, flip, noise):
-    arr = np.zeros(dims, np.uint8)
-    raw = bytearray(_idx(arr, dtype_code=code))
+def test_fuzz_parse_idx_mutated_headers(idx_bytes, dims, code, size_delta, flip, noise):
+    raw = bytearray(idx_bytes(np.zeros(dims, np.uint8), dtype_code=code))
     if flip:
         raw[flip] ^= 0xFF
     raw = bytes(raw)
     raw = raw[:max(0, len(raw) + size_delta)] if size_delta < 0 else raw + noise[:size_delta]
-    try:
-        out = data.parse_idx(raw)
-    except data.DataError:
-        return
-    header = 4 + 4 * out.ndim
-    assert out.size == len(raw) - header
+    assert_parses_as_reference(raw)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.binary(max_size=200))
-def test_fuzz_gzip_reader(tmp_path_factory, payload):
-    p = tmp_path_factory.mktemp("fz") / "x-idx1-ubyte.gz"
-    p.write_bytes(payload if payload[:1] != b"!" else gzip.compress(payload))
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200), st.sampled_from(["raw", "gzip", "idx", "cut idx"]),
+       st.integers(0, 60))
+def test_fuzz_gzip_reader(tmp_path, idx_bytes, payload, form, cut):
+    """A .gz file of arbitrary bytes, or gzip of them, or of an IDX file of them (whole
+    or cut short): the reader returns what gzip decompresses, or a DataError where gzip
+    fails; parsed, those bytes give the independent reader's array, or a DataError where
+    that finds none."""
+    idx = gzip.compress(idx_bytes(np.frombuffer(payload, np.uint8)))
+    content = {"raw": payload, "gzip": gzip.compress(payload), "idx": idx,
+               "cut idx": idx[:cut]}[form]
+    p = tmp_path / "x-idx1-ubyte.gz"
+    p.write_bytes(content)
     try:
-        data.parse_idx(data._read_bytes(str(p)), str(p))
+        want = gzip.decompress(content)
+    except (OSError, EOFError, zlib.error):
+        want = None
+    try:
+        got = data._read_bytes(str(p))
     except data.DataError:
-        pass
+        got = None
+    assert got == want
+    if got is not None:
+        assert_parses_as_reference(got)

@@ -56,6 +56,9 @@ def benchmark(flags) -> int:
     from mnist_cnn import bench, metrics_io, parallel
     from mnist_cnn import config as config_lib
     try:
+        problem = metrics_io.output_path_problem(flags.benchmark_out)   # before timing
+        if problem:
+            raise config_lib.ConfigError(f"--benchmark_out={flags.benchmark_out}: {problem}")
         batch_sizes, device_counts, micro_batches = _points(flags)
         result = bench.sweep(flags.config, batch_sizes, flags.conv_impls, flags.dtypes,
                              device_counts, flags.bench_images, flags.repeats,

@@ -61,7 +61,38 @@ def distributed_args(flags):
 def train_one(flags) -> int:
     from mnist_cnn import driver, parallel
     dist = distributed_args(flags)
-    if dist:
-        parallel.initialize_distributed(*dist, flags.distributed_timeout)
-    driver.run(flags.config, flags.workdir, overwrite=flags.overwrite, progress=flags.progress)
+    run = lambda: driver.run(flags.config, flags.workdir, overwrite=flags.overwrite,
+                             progress=flags.progress)
+    if not dist:
+        run()
+        return 0
+    _, n, pid = dist
+    if pid > 0:
+        parallel.relay_stderr(pid, n)
+    parallel.initialize_distributed(*dist, flags.distributed_timeout)
+    watch = parallel.watch_peers(pid, n)
+    if watch is None:
+        run()
+        return 0
+    _run_watched(run, watch, pid, n)
     return 0
+
+
+def _run_watched(run, watch, pid: int, n: int) -> None:
+    """run() on process `pid` of `n`, watched: when it fails, the other processes are
+    told why (they stop with one line naming this process and the cause) and this one
+    ends without waiting for them; a signal, which every process stops on together
+    (driver.StopFlag.agreed), and success end as usual."""
+    from mnist_cnn import cli, driver
+    try:
+        run()
+    except driver.Interrupted:
+        watch.finish()
+        raise
+    except BaseException as e:
+        user = isinstance(e, cli.user_errors())
+        first = (str(e).strip().splitlines() or [""])[0]
+        cause = first if user else f"{type(e).__name__}: {first}".rstrip(": ")
+        watch.fail(cause, 2 if user else 1)
+        raise
+    watch.finish()

@@ -69,7 +69,11 @@ def vote_plan(flags):
 def vote(flags) -> int:
     """The vote's table on stdout, every figure in --vote_out (JSON)."""
     from mnist_cnn import committee, metrics_io
+    from mnist_cnn import config as config_lib
     runs, options = vote_plan(flags)
+    problem = metrics_io.output_path_problem(flags.vote_out)   # before any evaluation
+    if problem:
+        raise config_lib.ConfigError(f"--vote_out={flags.vote_out}: {problem}")
     result = committee.vote_runs(runs, log=lambda m: print(m, file=sys.stderr),
                                  options=options)
     print(committee.markdown(result))

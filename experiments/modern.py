@@ -37,8 +37,8 @@ RENAMED = dict(
 
 
 def recipe(c, epochs: int, learning_rate: float, warmup_epochs: float):
-    """The training recipe the modern family and the speedrun share: He init, Nesterov
-    momentum 0.9, a one-cycle learning rate, mini-batch 128, shuffled, no L2."""
+    """The modern family's training recipe: He init, Nesterov momentum 0.9, a one-cycle
+    learning rate, mini-batch 128, shuffled, no L2."""
     c.init = "modern"
     c.num_epochs = epochs
     c.batch_size = 128

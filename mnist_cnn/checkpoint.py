@@ -25,8 +25,9 @@ from typing import Callable
 import flax
 import jax
 
-# orbax is imported on first use: it takes a second to load, which every quick command
-# (--list, a rejected config) would otherwise pay.
+# orbax is imported on first use: with tensorstore, asyncio and uvloop it takes most of
+# a second to load, which every quick command (--list, a rejected config) would
+# otherwise pay, and a run before its first checkpoint (Lazy).
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -45,6 +46,31 @@ def manager(workdir: str, keep: int):
         max_to_keep=keep, create=False, enable_async_checkpointing=False,
         cleanup_tmp_directories=True, **extra)
     return ocp.CheckpointManager(root, options=options)
+
+
+class Lazy:
+    """A run's checkpoint manager (`manager`), made when first used: a run with no
+    checkpoint yet loads orbax when it saves its first one, not at start-up (its
+    all_steps() is [] without it). `directory` is the checkpoints folder's absolute
+    path, created at once as `manager` does; every other attribute is the manager's."""
+
+    def __init__(self, workdir: str, keep: int):
+        self.workdir, self.keep, self._manager = workdir, keep, None
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        os.makedirs(self.directory, exist_ok=True)
+
+    def all_steps(self):
+        return self._made().all_steps() if exists(self.workdir) else []
+
+    def _made(self):
+        if self._manager is None:
+            self._manager = manager(self.workdir, self.keep)
+        return self._manager
+
+    def __getattr__(self, name):   # only for what __init__ did not set
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._made(), name)
 
 
 def reader(workdir: str):

@@ -52,8 +52,7 @@ def committee(members, rule: str, eval_shifts: int = 0, eval_rotate: float = 0.0
         eval_shifts=eval_shifts, eval_rotate=eval_rotate, eval_zoom=eval_zoom))
 
 
-def is_committee(config) -> bool:
-    return config is not None and config.get("kind") == "committee"
+is_committee = config_lib.is_committee   # in config.py: a training run asks it too
 
 
 def member_argv(m) -> list[str]:

@@ -104,6 +104,9 @@ def _optimisation_fields(c):
     c.l2 = 0.0                  # the book's lambda, in network3's scaling
     c.momentum = 0.0
     c.nesterov = False
+    c.optimizer = "sgd"         # sgd (network3's; momentum, nesterov) | adam
+    c.adam_b1 = 0.9             # adam's decay of the gradient mean (its momentum)
+    c.adam_b2 = 0.999           # ... and of the squared gradient
     c.schedule = "constant"     # constant | cosine | onecycle
     c.warmup_epochs = 0.0       # for onecycle
     c.ema_decay = 0.0           # > 0: also keep an exponential moving average of the
@@ -149,7 +152,7 @@ def _computation_fields(c):
     c.init = "network3"         # network3 | modern (He / LeCun normal, zero biases)
     c.dropout_mode = "network3"  # network3 (no rescale; weights x (1-p) at eval) | inverted
     c.conv_impl = "auto"        # auto | patches | xla
-    c.parallel = "auto"         # auto (pmap when several devices) | none | pmap
+    c.parallel = "auto"         # auto | none | pmap | sharding (docs/devices.md)
     c.num_devices = 0           # local devices to use; 0: all
     c.dtype = "float32"
     c.grad = "autodiff"         # autodiff (jax.grad) | manual (mnist_cnn/backprop.py)
@@ -175,8 +178,13 @@ def _evaluation_fields(c):
 def _run_fields(c):
     c.chunk_steps = 500         # mini-batches per jitted scan call (progress bar granularity)
     c.checkpoint_every_steps = 0  # also checkpoint within an epoch every N mini-batches
-    c.keep_checkpoints = 3      # the newest K checkpoints are kept
+    c.keep_checkpoints = 3      # the newest K checkpoints are kept (0: none are saved,
+                                # and a stopped run starts over)
+    c.tensorboard = True        # tensorboard/ event files beside metrics.jsonl
     c.plots = True              # learning_curves.png, errors.png, filters.png at the end
+    c.compile_cache = "auto"    # folder of JAX's persistent compilation cache: auto
+                                # ($MNIST_CNN_COMPILE_CACHE, else ~/.cache/mnist_cnn/jax),
+                                # a path, or "" (off); it holds code that runs: trust it
 
 
 def num_train_images(c) -> int:
@@ -208,13 +216,14 @@ def _is_num(v):
 
 # A field's type as validate checks it: (test, what the error says it must be).
 _TYPES = {int: (_is_int, "an integer"), float: (_is_num, "a number"),
-          bool: (lambda v: isinstance(v, bool), "True or False")}
+          bool: (lambda v: isinstance(v, bool), "True or False"),
+          str: (lambda v: isinstance(v, str), "a string")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Field:
     """How validate checks one top-level field: its type (int; float: any finite number;
-    bool; None: not checked), then ok(value). A failed ok raises "config.NAME " + message,
+    bool; str; None: not checked), then ok(value). A failed ok raises "config.NAME " + message,
     where {v} stands for the value."""
     name: str
     type: type | None = None
@@ -260,7 +269,7 @@ FIELDS = (
     Field("chunk_steps", int, _POSITIVE, "must be positive"),
     Field("checkpoint_every_steps", int, _NON_NEGATIVE,
           "must be >= 0 (0: at the end of each epoch only)"),
-    Field("keep_checkpoints", int, _POSITIVE, "must be positive"),
+    Field("keep_checkpoints", int, _NON_NEGATIVE, "must be >= 0 (0: no checkpoints)"),
     Field("num_members", int, _POSITIVE,
           "must be >= 1 (an ensemble needs at least one network), got {v}"),
     Field("num_runs", int, _POSITIVE, "must be >= 1, got {v}"),
@@ -287,10 +296,14 @@ FIELDS = (
     Field("augment_elastic_sigma", float, _in(0.5, 10), "must be in [0.5, 10] pixels "
           "(the field's smoothing; Simard et al. used 4), got {v}"),
     *(Field(name, bool) for name in ("shuffle", "expand_data", "nesterov", "download",
-                                     "plots", "train_on_validation", "deskew")),
+                                     "plots", "train_on_validation", "deskew",
+                                     "tensorboard")),
     Field("learning_rate", float, _POSITIVE, "must be positive, got {v}"),
     Field("l2", float, _NON_NEGATIVE, "must be >= 0, got {v}"),
     Field("momentum", float, _in(0, 1, hi_open=True), "must be in [0, 1), got {v}"),
+    Field("optimizer", None, _one_of("sgd", "adam"), "must be sgd or adam, got {v!r}"),
+    Field("adam_b1", float, _in(0, 1, hi_open=True), "must be in [0, 1), got {v}"),
+    Field("adam_b2", float, _in(0, 1, hi_open=True), "must be in [0, 1), got {v}"),
     Field("warmup_epochs", float),
     Field("ema_decay", float, _in(0, 1, hi_open=True), "must be in [0, 1) (0: no weight "
           "average; 0.999 forgets with a time constant of ~1000 steps), got {v}"),
@@ -301,14 +314,15 @@ FIELDS = (
           f"must be one of {L.DROPOUT_MODES}, got {{v!r}}"),
     Field("conv_impl", None, _one_of(*L.CONV_IMPLS),
           f"must be one of {L.CONV_IMPLS}, got {{v!r}}"),
-    Field("parallel", None, _one_of("auto", "none", "pmap"),
-          "must be auto, none or pmap, got {v!r}"),
+    Field("parallel", None, _one_of("auto", "none", "pmap", "sharding"),
+          "must be auto, none, pmap or sharding, got {v!r}"),
     Field("num_devices", int, _NON_NEGATIVE, "must be >= 0 (0: all local devices), got {v}"),
     Field("grad", None, _one_of("autodiff", "manual"), "must be autodiff or manual, got {v!r}"),
     Field("dtype", None, _one_of("float32", "bfloat16"),
           "must be float32 or bfloat16, got {v!r}"),
     Field("dataset", None, _one_of(*DATASETS),
           f"must be one of {', '.join(DATASETS)}, got {{v!r}}"),
+    Field("compile_cache", str),
     Field("data_source", None, _one_of("auto", "idx", "tfds"),
           "must be auto, idx or tfds, got {v!r}"),
 )
@@ -350,6 +364,12 @@ def _warmup_within_epochs(c):
            f"onecycle schedule, got {c.warmup_epochs}")
 
 
+def _momentum_is_sgds(c):
+    _check(c.optimizer == "sgd" or (c.momentum == 0 and not c.nesterov),
+           f"config.momentum and config.nesterov belong to optimizer=sgd; {c.optimizer}'s "
+           f"momentum is config.adam_b1: set momentum=0.0 and nesterov=False")
+
+
 def _manual_grad_in_float32(c):
     _check(c.grad == "autodiff" or c.dtype == "float32", "config.grad=manual computes in "
            "float32 only; use config.dtype=float32 or config.grad=autodiff")
@@ -377,7 +397,7 @@ def _manual_grad_without_batch_norm(c):
 # The rules joining fields, in the order validate applies them after FIELDS.
 CROSS_CHECKS = (_batch_fits_train_size, _micro_batch_divides_batch,
                 _best_run_needs_validation, _members_or_runs, _stacked_seeds_in_range,
-                _warmup_within_epochs,
+                _warmup_within_epochs, _momentum_is_sgds,
                 _manual_grad_in_float32, _layers, _manual_grad_without_batch_norm,
                 _custom_dataset_has_a_directory)
 
@@ -393,6 +413,12 @@ def validate(c):
     for check in CROSS_CHECKS:
         check(c)
     return c
+
+
+def is_committee(c) -> bool:
+    """Whether `c` is a committee file's config (mnist_cnn/committee_config.py), not
+    an experiment's: answered without loading the committee code."""
+    return c is not None and c.get("kind") == "committee"
 
 
 def uses_batch_norm(c) -> bool:

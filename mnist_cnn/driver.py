@@ -42,12 +42,20 @@ class RunError(ValueError):
 
 
 class Interrupted(Exception):
-    """SIGTERM or SIGINT arrived; a checkpoint was saved."""
+    """SIGTERM or SIGINT arrived; a checkpoint was saved (saved=False: the run keeps
+    none, config.keep_checkpoints=0)."""
 
-    def __init__(self, signum, epoch, step):
+    def __init__(self, signum, epoch, step, saved=True):
         self.signum, self.epoch, self.step = signum, epoch, step
+        then = ("checkpoint saved: re-run the same command to resume" if saved else
+                "no checkpoint kept (keep_checkpoints=0): re-running starts over")
         super().__init__(f"stopped by {signal.Signals(signum).name} in epoch {epoch} after "
-                         f"step {step}; checkpoint saved: re-run the same command to resume")
+                         f"step {step}; {then}")
+
+
+def config_saves(config) -> bool:
+    """Whether a run of `config` keeps checkpoints (keep_checkpoints=0: none)."""
+    return config.keep_checkpoints > 0
 
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.png",
@@ -56,6 +64,7 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "learning_curves.pn
 # is laid out on devices (checkpoints are stored in the one-device layout).
 MODES = ("fresh", "resume", "done")   # what inspect_workdir finds
 RESUME_MAY_DIFFER = {"data_dir", "data_source", "download", "keep_checkpoints", "plots",
+                     "tensorboard", "compile_cache",
                      "eval_batch_size", "parallel", "num_devices"}
 
 
@@ -246,6 +255,65 @@ class Progress:
         self.close()
 
 
+# ---- the compilation cache ----
+
+COMPILE_CACHE_ENV = "MNIST_CNN_COMPILE_CACHE"
+
+
+def compile_cache_dir(value: str, environ=None) -> str | None:
+    """The folder config.compile_cache names, None for no cache: "auto" is
+    $MNIST_CNN_COMPILE_CACHE when set ("" there: none), else the per-user
+    $XDG_CACHE_HOME/mnist_cnn/jax (~/.cache/mnist_cnn/jax), beside the datasets'."""
+    environ = os.environ if environ is None else environ
+    if value == "auto":
+        if COMPILE_CACHE_ENV not in environ:
+            base = environ.get("XDG_CACHE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".cache")
+            return os.path.join(base, "mnist_cnn", "jax")
+        value = environ[COMPILE_CACHE_ENV]
+    return os.path.abspath(os.path.expanduser(value)) if value else None
+
+
+def _cache_folder(config, log) -> str | None:
+    """compile_cache_dir's folder, created (private to the user) if new. One that
+    cannot be created, or that every user may write to (anyone could leave code there
+    that this process would run), is a RunError when named; the default's, a line
+    saying the run compiles without a cache."""
+    path = compile_cache_dir(config.compile_cache)
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if os.stat(path).st_mode & 0o002:
+            raise OSError(errno.EACCES, "every user may write to it, so anyone could "
+                          "put code there that this run would execute")
+    except OSError as e:
+        why = f"config.compile_cache: {path}: {e.strerror or e}"
+        if config.compile_cache != "auto":
+            raise RunError(f"{why}; pass a folder only you can write to, or "
+                           f"--config.compile_cache= (empty) to compile without a "
+                           f"cache") from None
+        log(f"{why}; compiling without a cache")
+        return None
+    return path
+
+
+def use_compile_cache(config, log=print) -> str | None:
+    """Points JAX's persistent compilation cache at config.compile_cache's folder, or
+    turns it off, before anything compiles; every program is stored however quickly it
+    compiled, so a later run of the same programs loads them instead of compiling.
+    Returns the folder (None: no cache)."""
+    from jax.experimental.compilation_cache import compilation_cache
+    path = _cache_folder(config, log)
+    if path != jax.config.jax_compilation_cache_dir:
+        compilation_cache.reset_cache()   # JAX opens its cache once: reopen it at path
+        jax.config.update("jax_compilation_cache_dir", path)
+    if path is not None:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path
+
+
 # ---- the run ----
 
 def build(config):
@@ -268,6 +336,7 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
     one stacked program (mnist_cnn/sweep.py splits the results per run)."""
     t_start = time.perf_counter()
     model = build(config)
+    use_compile_cache(config, log)
     config_dict = json.loads(config.to_json())
     writer = jax.process_index() == 0   # in a multi-process run only process 0 writes
     # A first look, to refuse or skip before loading and compiling; the decision that
@@ -276,11 +345,14 @@ def run(config, workdir: str, overwrite: bool = False, progress=None, log=print,
     mode = inspect_workdir(workdir, config_dict, overwrite) if writer else None
     if parallel.from_process_0(mode, MODES) == "done":
         return _finished(workdir, log) if writer else {}
+    t_load = time.perf_counter()
     ds = data.load(config.data_source, config.data_dir or None, config.train_size,
                    download=config.download, with_validation=config.train_on_validation,
                    dataset=config.dataset)
     ds = augment.preprocessed(ds, config.width_norm, config.deskew)
+    t_plan = time.perf_counter()
     plan = Plan(config, model, ds, hp, seeds)   # compiles, checks memory, before any write
+    plan.times.update(load=t_plan - t_load, plan=time.perf_counter() - t_plan)
     if not writer:
         if parallel.from_process_0(None, MODES) == "done":   # process 0's locked decision
             return {}
@@ -323,7 +395,8 @@ def _devices_text(plan):
     kind = jax.devices()[0].device_kind
     if plan.par is None:
         return kind
-    how = "members spread" if plan.par.spread_members else "data parallel, pmap"
+    how = "members spread" if plan.par.spread_members else "data parallel"
+    how = f"{how}, {plan.par.kind}"
     procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
     return f"{plan.devices} x {kind}{procs} ({how})"
 
@@ -369,6 +442,7 @@ class Plan:
 
     def __init__(self, config, model, ds, hp=None, seeds=None):
         self.config, self.model, self.ds = config, model, ds
+        self.times = {}   # seconds this process spent per phase (summary's phase_time_s)
         self.members = len(seeds) if seeds is not None else max(config.num_members,
                                                                 config.num_runs)
         self.hp = None if not hp else train.traced_hp(hp)
@@ -379,8 +453,8 @@ class Plan:
         every = config.checkpoint_every_steps
         self.chunk_steps = train.chunk_size(
             self.num_batches, min(config.chunk_steps, every or config.chunk_steps))
-        try:   # a vmapped sweep stays on one device
-            self.par = None if self.hp else parallel.setup(config, self.members)
+        try:   # a vmapped sweep spreads over devices under sharding only
+            self.par = parallel.setup(config, self.members, sweep=bool(self.hp))
         except parallel.ParallelError as e:
             raise RunError(str(e)) from None
         self.devices = self.par.count if self.par else 1
@@ -424,10 +498,11 @@ class Plan:
             return compiled, time.perf_counter() - t0
         fn = parallel.make_chunk(
             self.par, self.model, self.tx, self.config, self.num_batches, self.chunk_steps,
-            self.stacked, with_order=order is not None)
+            self.stacked, with_order=order is not None, with_hp=self.hp is not None)
+        self.placed_hp = () if self.hp is None else (parallel.place_hp(self.par, self.hp),)
         compiled = fn.lower(parallel.place(self.par, self.state), self.train_x,
-                            self.train_y, order, 0).compile()
-        if jax.process_count() > 1:
+                            self.train_y, order, 0, *self.placed_hp).compile()
+        if jax.process_count() > 1 and self.par.kind == "pmap":
             # An AOT-compiled multi-process pmap expects global shapes; the pmap itself
             # takes each process's local arrays (and reuses the compilation).
             compiled = fn
@@ -466,7 +541,7 @@ class Plan:
                                                 start, hp=self.hp)
         else:
             state, losses, nlls = self.compiled(state, self.train_x, self.train_y, order,
-                                                start)
+                                                start, *self.placed_hp)
         return (state, parallel.losses_to_host(self.par, losses),
                 parallel.losses_to_host(self.par, nlls))
 
@@ -656,11 +731,13 @@ def _train(plan, workdir, stop, t_start, progress, log) -> dict:
     """Trains from the newest checkpoint in `workdir` (or from the start) through
     config.num_epochs, then finishes the run. workdir None: a multi-process run's
     process > 0."""
-    mngr = checkpoint.manager(workdir, plan.config.keep_checkpoints) if workdir else None
+    keep = plan.config.keep_checkpoints
+    mngr = checkpoint.Lazy(workdir, keep) if workdir and keep else None
     state, pos = _resume(plan, mngr, log)
     on_device = lambda split: (jax.device_put(split.images), jax.device_put(split.labels))
     with metrics_io.Recorder(workdir, pos.metrics, learning_rates(
-            plan.config, plan.num_batches, (plan.hp or {}).get("learning_rate"))) as records:
+            plan.config, plan.num_batches, (plan.hp or {}).get("learning_rate")),
+            tensorboard=plan.config.tensorboard) as records:
         ctx = _Context(plan, workdir, mngr, records, pos, t_start, stop, progress, log,
                        on_device(plan.ds.validation), on_device(plan.ds.test))
         host_state, state, predictions = state, plan.place(state), None
@@ -751,7 +828,7 @@ def _run_epoch(ctx, state, host_state, pos, epoch):
     ctx.log(_epoch_line(record, plan.config.eval_every))
     signum = ctx.stop.agreed()
     if signum:
-        raise Interrupted(signum, epoch, plan.num_batches)
+        raise Interrupted(signum, epoch, plan.num_batches, config_saves(plan.config))
     return state, host_state, pos, predictions
 
 
@@ -778,7 +855,7 @@ def _train_steps(ctx, state, host_state, pos, epoch, sums):
                 if signum or (every and end // every > start // every):
                     _checkpoint(ctx, state, pos.within_epoch(end, sums, plan.stacked))
                 if signum:
-                    raise Interrupted(signum, epoch, end)
+                    raise Interrupted(signum, epoch, end, config_saves(config))
     return state
 
 
@@ -824,8 +901,12 @@ def _evaluate_epoch(ctx, state):
     if plan.calibrate is not None:
         state = plan.place(host_state)
     params = train.eval_params(host_state)
+    t0 = time.perf_counter()
     val, val_members, _ = _evaluate(plan, params, *ctx.validation)
+    t_test = time.perf_counter()
     test, test_members, predictions = _evaluate(plan, params, *ctx.test)
+    plan.times["test_pass"] = time.perf_counter() - t_test   # the last epoch's counts
+    plan.times["evaluate"] = plan.times.get("evaluate", 0.0) + time.perf_counter() - t0
     accuracies = dict(validation_accuracy=val, test_accuracy=test)
     if host_state.ema is not None:   # the raw weights too, for comparison
         accuracies.update(
@@ -909,7 +990,8 @@ def _summary(ctx, host_state, pos, predictions):
         train_images_per_s=round(images / max(pos.train_time_s, 1e-9), 1),
         train_images=images, data_source=plan.ds.source, **data.identity(plan.ds),
         device=jax.devices()[0].device_kind, devices=plan.devices,
-        platform=jax.default_backend(), jax_version=jax.__version__)
+        platform=jax.default_backend(), jax_version=jax.__version__,
+        phase_time_s=_phase_times(ctx, pos))
     chosen = summary.get("chosen_run", 0)
     final = ensemble.member(host_state, chosen) if config.num_runs > 1 else host_state
     if predictions is None:   # resumed after the last epoch's checkpoint
@@ -918,6 +1000,15 @@ def _summary(ctx, host_state, pos, predictions):
         predictions = predictions[chosen]
     summary["final_test_errors"] = int(np.sum(predictions != plan.ds.test.labels))
     return summary, final, predictions
+
+
+def _phase_times(ctx, pos) -> dict:
+    """Seconds this process spent loading the data, planning (initialising and
+    compiling: `compile` of them), training, evaluating (validation and test, every
+    evaluated epoch) and on the last test pass alone, the training's among them."""
+    times = dict(ctx.plan.times, compile=ctx.plan.compile_s,
+                 train=pos.train_time_s - ctx.base.train_time_s)
+    return {k: round(v, 3) for k, v in sorted(times.items())}
 
 
 def _result_line(summary: dict) -> str:

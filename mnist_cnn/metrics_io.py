@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from typing import Callable
 
 TENSORBOARD_DIR = "tensorboard"
@@ -142,13 +143,30 @@ def tensorboard_scalars(record: dict) -> dict[str, float]:
     return out
 
 
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, imported on use (as orbax is) and without torch:
+    tensorboardX imports torch when it is installed, only to accept torch tensors,
+    which a run never passes; that import alone takes seconds on a CPU."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None   # `import torch` raises ImportError meanwhile
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class Recorder:
     """metrics.jsonl and tensorboard/ of one run directory, from the epochs a checkpoint
     holds on. `extra(epoch)` gives scalars TensorBoard shows beside each epoch's
     metrics (the learning rate). Without a directory (a multi-process run's process >
-    0) it writes nothing. A context manager: leaving it closes the event file."""
+    0) it writes nothing; with tensorboard=False, metrics.jsonl only. A context
+    manager: leaving it closes the event file."""
 
-    def __init__(self, workdir: str | None, metrics, extra: Callable[[int], dict]):
+    def __init__(self, workdir: str | None, metrics, extra: Callable[[int], dict],
+                 tensorboard: bool = True):
         self.path = workdir and os.path.join(workdir, "metrics.jsonl")
         self.extra, self.writer = extra, None
         if not workdir:
@@ -156,8 +174,9 @@ class Recorder:
         write_text_atomic(self.path, jsonl_text(metrics))
         logdir = os.path.join(workdir, TENSORBOARD_DIR)
         shutil.rmtree(logdir, ignore_errors=True)
-        from tensorboardX import SummaryWriter   # imported on use, as orbax is
-        self.writer = SummaryWriter(logdir)
+        if not tensorboard:
+            return
+        self.writer = summary_writer_class()(logdir)
         for record in metrics:
             self._scalars(record)
         self.writer.flush()
@@ -167,8 +186,9 @@ class Recorder:
         if not self.path:
             return
         append_jsonl(self.path, record)
-        self._scalars(record)
-        self.writer.flush()
+        if self.writer is not None:
+            self._scalars(record)
+            self.writer.flush()
 
     def _scalars(self, record: dict) -> None:
         epoch = record["epoch"]

@@ -1,7 +1,8 @@
 """Training across devices: every use of jax.pmap and of device placement lives here,
-so a move to jax.shard_map touches this file only.
+and of jit over a device mesh (config.parallel=sharding, the default on several
+devices) in mnist_cnn/sharding.py, which the functions below hand a sharding Setup.
 
-Two layouts, chosen by `setup`:
+Two layouts, chosen by `setup`, under either kind (described here for pmap):
 - data parallel (one network): the state replicated on D devices (a leading axis of
   size D), each device training on its slice of every global mini-batch, gradients and
   losses averaged with lax.pmean. Same numbers as one device, up to float32 summation
@@ -14,11 +15,11 @@ The driver keeps the single-device ("host") layout for checkpoints and evaluatio
 `place` moves a state onto the devices, `host` brings it back, so a checkpoint written
 with 8 devices resumes on 1 and the other way round.
 
-Multi-process (jax.distributed): each process owns its local devices; pmap's axis spans
-the devices of every process, so the same code runs unchanged. A process that fails or
-is killed would leave the others blocked in a collective: `PeerWatch` (beats in
-jax.distributed's key-value store) ends them with one line naming it, and
-`relay_stderr` turns jax's own abort, when process 0 vanishes, into one line.
+Multi-process (jax.distributed): each process owns its local devices; pmap's axis, and
+the sharding mesh, span the devices of every process, so the same code runs unchanged.
+A process that fails or is killed would leave the others blocked in a collective:
+`PeerWatch` (beats in jax.distributed's key-value store) ends them with one line naming
+it, and `relay_stderr` turns jax's own abort, when process 0 vanishes, into one line.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_cnn import train
+from mnist_cnn import sharding, train
 
 AXIS = "devices"
-MODES = ("auto", "none", "pmap")
+MODES = ("auto", "none", "pmap", "sharding")
+AUTO = "sharding"   # what auto uses on several devices (docs/devices.md: measured)
 
 
 class ParallelError(ValueError):
@@ -49,6 +51,7 @@ class ParallelError(ValueError):
 class Setup:
     devices: tuple            # the local devices used
     spread_members: bool      # True: stacked members split over devices; False: data parallel
+    kind: str = "pmap"        # pmap | sharding (jit over a device mesh)
 
     @property
     def count(self) -> int:
@@ -59,15 +62,16 @@ class Setup:
         return len(self.devices)
 
 
-def setup(config, members: int) -> Setup | None:
-    """None (one device, plain jit), or how to spread the run over devices. Raises
-    ParallelError for a request the machine cannot meet."""
+def setup(config, members: int, sweep: bool = False) -> Setup | None:
+    """None (one device, plain jit), or how to spread the run over devices. sweep: the
+    members are a vmapped sweep's points, spread under sharding only (else one device).
+    Raises ParallelError for a request the machine cannot meet."""
     available = jax.local_devices()
     wanted = config.num_devices or len(available)
     if config.parallel == "none":
         if config.num_devices > 1:
             raise ParallelError(f"config.num_devices={config.num_devices} needs "
-                                f"config.parallel=pmap (or auto), not none")
+                                f"config.parallel=sharding, pmap or auto, not none")
         return None
     if wanted > len(available):
         kind = available[0].platform
@@ -75,13 +79,11 @@ def setup(config, members: int) -> Setup | None:
             f"config.num_devices={wanted} but this process sees {len(available)} {kind} "
             f"device(s); ask for at most {len(available)} (on a CPU, "
             f"XLA_FLAGS=--xla_force_host_platform_device_count=N makes N)")
+    kind = _kind(config.parallel, members)
+    if sweep and (kind != "sharding" or members == 1):
+        return None
     if members > 1:
-        # The largest device count that splits the members evenly: 5 members on 8
-        # devices use 5 of them.
-        use = max(d for d in range(1, wanted + 1) if members % d == 0)
-        if use * jax.process_count() == 1 and config.parallel == "auto":
-            return None
-        return Setup(tuple(available[:use]), spread_members=True)
+        return _spread(config, members, available[:wanted], kind, sweep)
     if wanted * jax.process_count() == 1 and config.parallel == "auto":
         return None
     total = wanted * jax.process_count()
@@ -89,7 +91,36 @@ def setup(config, members: int) -> Setup | None:
         raise ParallelError(
             f"config.batch_size={config.batch_size} does not split over {total} devices; "
             f"use a multiple of {total} or set config.num_devices")
-    return Setup(tuple(available[:wanted]), spread_members=False)
+    return Setup(tuple(available[:wanted]), spread_members=False, kind=kind)
+
+
+def _kind(parallel: str, members: int) -> str:
+    """pmap or sharding; auto is AUTO, except for members the processes cannot share
+    out under sharding (pmap computes them on every process)."""
+    if parallel != "auto":
+        return parallel
+    if AUTO == "sharding" and members > 1 and members % jax.process_count():
+        return "pmap"
+    return AUTO
+
+
+def _spread(config, members: int, devices, kind: str, sweep: bool) -> Setup | None:
+    """M stacked members over the largest device count that splits them evenly: 5
+    members on 8 devices use 5 of them. Under sharding the count spans the processes;
+    under pmap each process holds every member."""
+    procs = jax.process_count() if kind == "sharding" else 1
+    fits = [d for d in range(1, len(devices) + 1) if members % (d * procs) == 0]
+    if not fits:
+        if sweep:
+            return None
+        raise ParallelError(
+            f"{members} stacked networks (config.num_members / num_runs) do not split "
+            f"over {jax.process_count()} processes under config.parallel=sharding; use a "
+            f"multiple of {jax.process_count()}, or config.parallel=pmap")
+    use = max(fits)
+    if use * jax.process_count() == 1 and (config.parallel == "auto" or sweep):
+        return None
+    return Setup(tuple(devices[:use]), spread_members=True, kind=kind)
 
 
 def _sharding(s: Setup):
@@ -123,6 +154,8 @@ def place(s: Setup | None, state):
     """The host-layout state, laid out for the devices."""
     if s is None:
         return state
+    if s.kind == "sharding":
+        return sharding.place(s, state)
     return split(s, state) if s.spread_members else replicate(s, state)
 
 
@@ -130,6 +163,8 @@ def host(s: Setup | None, state):
     """The device layout back to the host layout (replica 0, or the groups merged)."""
     if s is None:
         return state
+    if s.kind == "sharding":
+        return sharding.host(s, state)
     if s.spread_members:
         return jax.tree.map(lambda x: jax.device_put(
             jnp.reshape(np.asarray(x), (-1, *x.shape[2:])), s.devices[0]), state)
@@ -138,6 +173,8 @@ def host(s: Setup | None, state):
 
 def place_data(s: Setup | None, x):
     """Training images or labels: one copy per device (each slices its own share)."""
+    if s is not None and s.kind == "sharding":
+        return sharding.place_data(s, x)
     return x if s is None else replicate(s, x)
 
 
@@ -145,6 +182,8 @@ def place_order(s: Setup | None, order):
     """An epoch's permutation, (N,) or stacked (M, N), laid out like the state."""
     if s is None or order is None:
         return order
+    if s.kind == "sharding":
+        return sharding.place_order(s, order)
     return split(s, order) if s.spread_members else replicate(s, order)
 
 
@@ -152,16 +191,30 @@ def losses_to_host(s: Setup | None, losses):
     """Per-step losses as the single-device run reports them."""
     if s is None:
         return losses
+    if s.kind == "sharding":
+        return sharding.losses_to_host(s, losses)
     losses = np.asarray(losses)
     if s.spread_members:
         return losses.reshape(-1, losses.shape[-1])
     return losses[0]
 
 
+def place_hp(s: Setup | None, hp):
+    """A vmapped sweep's per-run values (train.traced_hp), laid out like its members
+    (only sharding spreads a sweep: setup)."""
+    if s is None or hp is None:
+        return hp
+    return sharding.place_hp(s, hp)
+
+
 def make_chunk(s: Setup, model, tx, config, num_batches: int, num_steps: int,
-               stacked: bool, with_order: bool):
-    """The pmapped training chunk: (state, images, labels, order, start) in device layout
-    -> (state, losses, nlls) in device layout."""
+               stacked: bool, with_order: bool, with_hp: bool = False):
+    """The training chunk, pmapped or jitted over a mesh: (state, images, labels, order,
+    start[, hp]) in device layout -> (state, losses, nlls) in device layout. hp: a
+    vmapped sweep's values (sharding only)."""
+    if s.kind == "sharding":
+        return sharding.make_chunk(s, model, tx, config, num_batches, num_steps, stacked,
+                                   with_order, with_hp)
     fn = train.chunk_fn(model, tx, config, num_batches, stacked,
                         axis_name=None if s.spread_members else AXIS)
     order_axis = 0 if with_order else None

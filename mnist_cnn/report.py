@@ -81,11 +81,18 @@ def book_table(rows: list[dict]) -> str:
 
 
 def beyond_table(rows: list[dict]) -> str:
-    """One row per idea beyond the book: its best measured result."""
+    """One line per idea beyond the book: its measured result. Rows of one idea (the
+    same name) share its line, in the csv's order, their cells joined with <br>."""
+    ideas: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["table"] == "beyond":
+            ideas.setdefault(r["name"], []).append(r)
+    join = lambda group, cell: "<br>".join(cell(r) for r in group)
     return _markdown(
         ["idea", "result", "command", "hardware", "wall time"],
-        [[r["name"], result_cell(r), f"`{r['command']}`", r["machine"],
-          duration(r["wall_time_s"])] for r in rows if r["table"] == "beyond"])
+        [[name, join(g, result_cell), join(g, lambda r: f"`{r['command']}`"),
+          join(g, lambda r: r["machine"]), join(g, lambda r: duration(r["wall_time_s"]))]
+         for name, g in ideas.items()])
 
 
 def listed(rows: list[dict]) -> dict[str, dict]:

@@ -62,12 +62,18 @@ def make_schedule(config, steps_per_epoch: int):
 
 
 def make_optimizer(config, steps_per_epoch: int, momentum=None) -> optax.GradientTransformation:
-    """Plain SGD (network3), or with (Nesterov) momentum and a schedule. `momentum`
+    """Plain SGD (network3), or with (Nesterov) momentum and a schedule; with
+    config.optimizer=adam, Adam (betas adam_b1, adam_b2) on the schedule. `momentum`
     overrides config.momentum and always keeps a momentum trace (a vmapped sweep passes
-    each run's value, possibly traced, possibly 0)."""
+    each run's value, possibly traced, possibly 0); SGD only."""
+    schedule = make_schedule(config, steps_per_epoch)
+    if config.get("optimizer", "sgd") == "adam":
+        if momentum is not None:
+            raise ValueError("a sweep over momentum needs config.optimizer=sgd; Adam's "
+                             "momentum is config.adam_b1")
+        return optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2)
     m = config.momentum or None if momentum is None else momentum
-    return optax.sgd(make_schedule(config, steps_per_epoch), momentum=m,
-                     nesterov=bool(config.nesterov))
+    return optax.sgd(schedule, momentum=m, nesterov=bool(config.nesterov))
 
 
 def init_state(model, tx, seed) -> TrainState:
@@ -204,17 +210,19 @@ def micro_batch_size(requested: int, batch: int, backend: str | None = None,
 
 
 def make_train_step(model, tx, lmbda: float, num_batches: int, axis_name=None,
-                    config=None):
+                    config=None, split=None):
     """(state, images float NHWC, labels[, hp]) -> (state, (loss, nll)); pure, jittable.
     axis_name: inside pmap, each device holds a slice of the mini-batch; gradients and
     losses are averaged over the axis (equal slices, so this is the whole batch's mean)
     and each device draws its own dropout masks.
+    split: under jit over a device mesh (sharding.BatchSplit), the global mini-batch is
+    split over the devices and XLA averages the gradients; see make_grads.
     hp: this run's values of some HYPER_FIELDS (scalars, traced under a vmapped sweep),
     overriding the config's: l2 enters the cost, momentum the optimizer's trace, and the
     learning rate scales the updates of `tx` (built with config.learning_rate, so its
     schedule's shape is kept); under "keep", {layer index: dropout keep probability}
     (see traced_hp) overriding those layers' rates (autodiff only)."""
-    grads_of = make_grads(model, num_batches, config)
+    grads_of = make_grads(model, num_batches, config, split)
     ema_decay = 0.0 if config is None else float(config.get("ema_decay", 0.0))
 
     def step(state: TrainState, images, labels, hp=None):
@@ -264,22 +272,31 @@ def _apply_updates(state: TrainState, updates, opt_state, ema_decay: float) -> T
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
 
 
-def make_grads(model, num_batches: int, config=None):
+def make_grads(model, num_batches: int, config=None, split=None):
     """grads(params, images, labels, key, l2, keep) -> (gradients, (loss, nll)) of
     loss_fn on one device's mini-batch: by hand with config.grad=manual
     (mnist_cnn/backprop.py), else by jax.grad on the whole batch or accumulated over
-    micro-batches of micro_batch_size(config.micro_batch, ...)."""
+    micro-batches of micro_batch_size(config.micro_batch, ...).
+    split (sharding.BatchSplit): the mini-batch is the global one of `split.count`
+    devices, constrained to be split over them; micro_batch_size decides on each
+    device's share, and a pass takes that many images from each device: the same
+    computation as one device with passes `split.count` times as large."""
+    count = 1 if split is None else split.count
+    constrain = (lambda x, dim=0: x) if split is None else split.constrain
     if config is not None and config.get("grad", "autodiff") == "manual":
-        return partial(_manual_grads, model, num_batches)
+        return lambda params, images, labels, *rest: _manual_grads(
+            model, num_batches, params, constrain(images), constrain(labels), *rest)
     requested = 0 if config is None else config.get("micro_batch", 0)
     flops = networks.model_flops(model.layers)[1]
 
     def grads(params, images, labels, key, l2, keep):
-        micro = micro_batch_size(requested, images.shape[0], flops_per_image=flops)
-        if micro < images.shape[0]:
-            return _accumulated_grads(model, num_batches, micro, params, images, labels,
-                                      key, l2, keep)
-        return _autodiff_grads(model, num_batches, params, images, labels, key, l2, keep)
+        share = images.shape[0] // count
+        micro = micro_batch_size(requested, share, flops_per_image=flops)
+        if micro < share:
+            return _accumulated_grads(model, num_batches, micro * count, params, images,
+                                      labels, key, l2, keep, constrain)
+        return _autodiff_grads(model, num_batches, params, constrain(images),
+                               constrain(labels), key, l2, keep)
 
     return grads
 
@@ -301,16 +318,18 @@ def _autodiff_grads(model, num_batches, params, images, labels, key, l2, keep):
     return grads, (loss, nll)
 
 
-def _accumulated_grads(model, num_batches, micro, params, images, labels, key, l2, keep):
+def _accumulated_grads(model, num_batches, micro, params, images, labels, key, l2, keep,
+                       constrain=lambda x, dim=0: x):
     """The mini-batch's gradient as the mean of its micro-batches' (equal slices, so
     the same cost and gradient up to float rounding), accumulated in a scan, each
     with the dropout key folded with its index. Up to MAX_UNROLLED_SLICES slices
     (auto makes two of 128) the scan is unrolled: XLA's CPU runtime then runs the
     slices' independent operations side by side on its threads, +8-12% at
-    mini-batch 128 (docs/benchmarks.md)."""
+    mini-batch 128 (docs/benchmarks.md). constrain(x, dim): the slices' layout over a
+    device mesh (make_grads)."""
     k = images.shape[0] // micro
-    xs = images.reshape(k, micro, *images.shape[1:])
-    ys = labels.reshape(k, micro)
+    xs = constrain(images.reshape(k, micro, *images.shape[1:]), 1)
+    ys = constrain(labels.reshape(k, micro), 1)
 
     def body(acc, part):
         i, x, y = part
@@ -336,11 +355,13 @@ def make_train_chunk(model, tx, config, num_batches: int, stacked: bool = False)
         chunk_fn(model, tx, config, num_batches, stacked))
 
 
-def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_name=None):
+def chunk_fn(model, tx, config, num_batches: int, stacked: bool = False, axis_name=None,
+             split=None):
     """The pure function behind make_train_chunk. axis_name: it runs under pmap, one
     device's share: every device builds the same global mini-batch (and its random
-    shifts) and trains on its slice [i*b, (i+1)*b), b = batch_size / devices."""
-    step = make_train_step(model, tx, config.l2, num_batches, axis_name, config)
+    shifts) and trains on its slice [i*b, (i+1)*b), b = batch_size / devices.
+    split: it runs under jit over a device mesh (make_grads)."""
+    step = make_train_step(model, tx, config.l2, num_batches, axis_name, config, split)
     bs = config.batch_size
     shift = config.augment_shift
     rotate, zoom = config.augment_rotate, config.augment_scale

@@ -28,6 +28,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "mnist")
 if not os.environ.get("MNIST_DATA_DIR") and os.path.isdir(_SHARED):
     os.environ["MNIST_DATA_DIR"] = _SHARED
+# Runs the tests start compile without a persistent cache (config.compile_cache "auto"
+# reads this first): no test depends on a warm cache or writes into the user's.
+os.environ["MNIST_CNN_COMPILE_CACHE"] = ""
 
 
 def pytest_collection_modifyitems(items):
@@ -327,10 +330,10 @@ def read_scalars():
 # ---- results/ and the commands that made them ----
 
 # Fields that do not change what a run trains or reports (how often it evaluates,
-# checkpoints, draws figures; where it finds its data).
+# checkpoints, draws figures; where it finds its data and keeps compiled programs).
 NOT_TRAINING = {"name", "eval_every", "chunk_steps", "checkpoint_every_steps",
                 "keep_checkpoints", "plots", "data_dir", "data_source", "download",
-                "eval_batch_size"}
+                "eval_batch_size", "compile_cache"}
 
 
 def _run_py_config(command: str):

@@ -10,6 +10,7 @@ from mnist_cnn import config as config_lib
 DEFAULTS = [
     ("name", ""), ("layers", ()), ("num_epochs", 60), ("batch_size", 10),
     ("learning_rate", 0.1), ("l2", 0.0), ("momentum", 0.0), ("nesterov", False),
+    ("optimizer", "sgd"), ("adam_b1", 0.9), ("adam_b2", 0.999),
     ("schedule", "constant"), ("warmup_epochs", 0.0), ("ema_decay", 0.0), ("seed", 0),
     ("train_size", 50000), ("train_on_validation", False), ("dataset", "mnist"),
     ("data_dir", ""),
@@ -22,7 +23,8 @@ DEFAULTS = [
     ("grad", "autodiff"), ("micro_batch", 0), ("bn_calibration_images", 10000),
     ("eval_batch_size", 200), ("eval_shifts", 0), ("eval_rotate", 0.0), ("eval_zoom", 0.0),
     ("eval_every", 1), ("chunk_steps", 500), ("checkpoint_every_steps", 0),
-    ("keep_checkpoints", 3), ("plots", True),
+    ("keep_checkpoints", 3), ("tensorboard", True), ("plots", True),
+    ("compile_cache", "auto"),
 ]
 
 
@@ -71,7 +73,7 @@ FIELD_CASES = [
     ("checkpoint_every_steps", -1,
      "config.checkpoint_every_steps must be >= 0 (0: at the end of each epoch only)"),
     ("keep_checkpoints", "x", "config.keep_checkpoints must be an integer, got 'x'"),
-    ("keep_checkpoints", 0, "config.keep_checkpoints must be positive"),
+    ("keep_checkpoints", -1, "config.keep_checkpoints must be >= 0 (0: no checkpoints)"),
     ("num_members", "x", "config.num_members must be an integer, got 'x'"),
     ("num_members", 0, "config.num_members must be >= 1 (an ensemble needs at least one "
      "network), got 0"),
@@ -111,6 +113,7 @@ FIELD_CASES = [
     ("nesterov", "x", "config.nesterov must be True or False, got 'x'"),
     ("download", "x", "config.download must be True or False, got 'x'"),
     ("plots", "x", "config.plots must be True or False, got 'x'"),
+    ("tensorboard", "x", "config.tensorboard must be True or False, got 'x'"),
     ("train_on_validation", "x", "config.train_on_validation must be True or False, got 'x'"),
     ("deskew", "x", "config.deskew must be True or False, got 'x'"),
     ("learning_rate", "x", "config.learning_rate must be a number, got 'x'"),
@@ -119,6 +122,10 @@ FIELD_CASES = [
     ("l2", -0.1, "config.l2 must be >= 0, got -0.1"),
     ("momentum", "x", "config.momentum must be a number, got 'x'"),
     ("momentum", 1.0, "config.momentum must be in [0, 1), got 1.0"),
+    ("optimizer", "rmsprop", "config.optimizer must be sgd or adam, got 'rmsprop'"),
+    ("adam_b1", "x", "config.adam_b1 must be a number, got 'x'"),
+    ("adam_b1", 1.0, "config.adam_b1 must be in [0, 1), got 1.0"),
+    ("adam_b2", -0.1, "config.adam_b2 must be in [0, 1), got -0.1"),
     ("warmup_epochs", "x", "config.warmup_epochs must be a number, got 'x'"),
     ("ema_decay", "x", "config.ema_decay must be a number, got 'x'"),
     ("ema_decay", 1.0, "config.ema_decay must be in [0, 1) (0: no weight average; 0.999 "
@@ -130,12 +137,13 @@ FIELD_CASES = [
      "'inverted'), got 'spatial'"),
     ("conv_impl", "winograd", "config.conv_impl must be one of ('auto', 'patches', "
      "'xla'), got 'winograd'"),
-    ("parallel", "mpi", "config.parallel must be auto, none or pmap, got 'mpi'"),
+    ("parallel", "mpi", "config.parallel must be auto, none, pmap or sharding, got 'mpi'"),
     ("num_devices", "x", "config.num_devices must be an integer, got 'x'"),
     ("num_devices", -1, "config.num_devices must be >= 0 (0: all local devices), got -1"),
     ("grad", "numeric", "config.grad must be autodiff or manual, got 'numeric'"),
     ("dtype", "float16", "config.dtype must be float32 or bfloat16, got 'float16'"),
     ("data_source", "s3", "config.data_source must be auto, idx or tfds, got 's3'"),
+    ("compile_cache", None, "config.compile_cache must be a string, got None"),
     ("dataset", "emnist", "config.dataset must be one of mnist, fashion_mnist, kmnist, "
      "custom, got 'emnist'"),
 ]
@@ -173,6 +181,9 @@ CROSS_CASES = [
     (dict(schedule="onecycle", warmup_epochs=60.0),
      "config.warmup_epochs must be in [0, num_epochs=60) for the onecycle schedule, "
      "got 60.0"),
+    (dict(optimizer="adam", momentum=0.9),
+     "config.momentum and config.nesterov belong to optimizer=sgd; adam's momentum is "
+     "config.adam_b1: set momentum=0.0 and nesterov=False"),
     (dict(grad="manual", dtype="bfloat16"),
      "config.grad=manual computes in float32 only; use config.dtype=float32 or "
      "config.grad=autodiff"),

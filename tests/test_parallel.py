@@ -26,7 +26,10 @@ import jax, jax.numpy as jnp, numpy as np
 from mnist_cnn import networks, parallel, train
 
 {helpers}
-tiny_config, fake_data = {tiny_config}, {fake_data}
+fake_data = {fake_data}
+
+def tiny_config(**fields):   # the pmap path (auto may pick sharding: test_sharding.py)
+    return {tiny_config}(**{{"parallel": "pmap", **fields}})
 
 def close(a, b, rtol=2e-5, atol=2e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -193,11 +196,12 @@ def final_params(workdir):
     return jax.tree.leaves(state.params)
 
 
-def stop_after_a_checkpoint(root, workdir, devices):
+def stop_after_a_checkpoint(root, workdir, devices, *extra):
     """Starts the run on `devices`, sends SIGTERM once a mid-epoch checkpoint exists
     and waits for it to save and exit; returns the newest checkpoint's step."""
-    proc = subprocess.Popen(run_args(root, workdir), cwd=root, env=devices_env(devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(run_args(root, workdir, *extra), cwd=root,
+                            env=devices_env(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     ckpts = workdir / "checkpoints"
     steps = lambda: sorted(int(n) for n in os.listdir(ckpts) if n.isdigit()) \
         if ckpts.is_dir() else []
@@ -215,17 +219,20 @@ def stop_after_a_checkpoint(root, workdir, devices):
 def test_a_run_stopped_on_n_devices_resumes_on_m_as_the_uninterrupted_run(
         first, then, tmp_path, repo_root, one_device, run_on):
     """Stopped mid-epoch on `first` devices (data parallel under pmap when 8), resumed
-    on `then`: it starts from that checkpoint (stored in the one-device layout) and ends
-    with the uninterrupted one-device run's cost, accuracies and parameters, to float32
-    rounding (the devices sum the mini-batch's gradient in another order)."""
+    on `then` (config.parallel=auto: parallel.AUTO on 8): it starts from that
+    checkpoint (stored in the one-device layout) and ends with the uninterrupted
+    one-device run's cost, accuracies and parameters, to float32 rounding (the devices
+    sum the mini-batch's gradient in another order)."""
     w = tmp_path / "w"
-    step = stop_after_a_checkpoint(repo_root, w, first)
+    step = stop_after_a_checkpoint(repo_root, w, first,
+                                   *(["--config.parallel=pmap"] if first == 8 else []))
     assert 0 < step < 40
     resumed = run_on(w, then)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from the checkpoint at step {step} of 40 in epoch 1" in resumed.stdout
     if then == 8:
-        assert "8 x cpu (data parallel, pmap)" in resumed.stdout
+        from mnist_cnn import parallel
+        assert f"8 x cpu (data parallel, {parallel.AUTO})" in resumed.stdout
     assert json.loads((w / "summary.json").read_text())["devices"] == then
     (got,), (want,) = metrics(w), metrics(one_device)
     assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
@@ -259,9 +266,11 @@ def _free_port():
 def test_two_processes_equal_one_process_and_only_process_0_writes(tmp_path, repo_root,
                                                                    one_device):
     """jax.distributed on this machine: 2 processes x 2 CPU devices (gloo collectives,
-    loopback), bounded by a timeout; the same epoch as one process on one device."""
+    loopback), pmap, bounded by a timeout; the same epoch as one process on one device
+    (sharding: test_sharding.py)."""
     port = _free_port()
     procs = [subprocess.Popen(run_args(repo_root, tmp_path / f"w{i}",
+                                       "--config.parallel=pmap",
                                        f"--coordinator_address=127.0.0.1:{port}",
                                        "--num_processes=2", "--distributed_timeout=60",
                                        f"--process_id={i}"),

@@ -17,7 +17,8 @@ ARGS = ["--config=experiments/dbl_conv_relu.py", "--config.train_size=400",
         "--config.num_epochs=3", "--config.shuffle=True", "--config.layers[2].dropout=0.3",
         "--config.checkpoint_every_steps=8", "--config.chunk_steps=8",
         "--config.keep_checkpoints=2"]
-TIMING = {"epoch_train_s", "train_images_per_s", "wall_time_s", "compile_time_s"}
+TIMING = {"epoch_train_s", "train_images_per_s", "wall_time_s", "compile_time_s",
+          "phase_time_s"}
 
 
 def start(workdir):

@@ -178,3 +178,21 @@ def test_plots_off_writes_no_figures(tmp_path, tiny_config, load_synthetic):
     driver.run(c, str(tmp_path / "p"), log=lambda *a: None)
     assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == [
         "errors.png", "filters.png", "learning_curves.png"]
+
+
+def test_no_checkpoints_no_tensorboard_and_phase_times(tmp_path, tiny_config, load_synthetic):
+    """keep_checkpoints=0 saves no checkpoint and tensorboard=False writes no event
+    files (metrics.jsonl and summary.json as always); phase_time_s splits this process's
+    time: compiling is part of planning, and each phase lies within the run's wall."""
+    from mnist_cnn import driver
+    load_synthetic()
+    c = tiny_config(num_epochs=2, train_size=64, plots=False, keep_checkpoints=0,
+                    tensorboard=False)
+    summary = driver.run(c, str(tmp_path / "w"), log=lambda *a: None)
+    names = sorted(p.name for p in (tmp_path / "w").iterdir())
+    assert names == [".lock", "config.json", "metrics.jsonl", "summary.json"], names
+    assert len((tmp_path / "w" / "metrics.jsonl").read_text().splitlines()) == 2
+    t = summary["phase_time_s"]
+    assert set(t) == {"load", "plan", "compile", "train", "evaluate", "test_pass"}
+    assert 0 < t["compile"] <= t["plan"] and 0 < t["test_pass"] <= t["evaluate"]
+    assert sum(t[k] for k in ("load", "plan", "train", "evaluate")) <= summary["wall_time_s"] + 0.01

@@ -101,3 +101,17 @@ def test_progress_bar_names_the_epoch_and_reaches_the_total():
     with driver.Progress(40, 10, 1, 3, stream=quiet) as bar:
         bar.update(40)
     assert quiet.getvalue() == ""
+
+
+def test_tensorboardx_is_imported_without_torch():
+    """metrics_io.summary_writer_class leaves torch unimported (tensorboardX imports it
+    when installed, which takes seconds) and leaves no placeholder behind: a later
+    `import torch` works as before."""
+    import subprocess
+    import sys
+    code = ("import sys; from mnist_cnn import metrics_io; "
+            "w = metrics_io.summary_writer_class(); "
+            "print(w.__name__, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["SummaryWriter", "False"]

@@ -270,6 +270,45 @@ def test_optimizer_is_sgd_with_momentum_nesterov_and_schedule_by_hand(
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def adam_by_hand(params, grads, rates, b1, b2, eps=1e-8):
+    """numpy Adam (Kingma & Ba 2015), float64: m <- b1 m + (1-b1) g, v <- b2 v +
+    (1-b2) g^2, the step lr * m_hat / (sqrt(v_hat) + eps) with the bias corrections
+    m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t). The parameters after each step."""
+    p = [np.asarray(a, np.float64) for a in params]
+    m = [np.zeros_like(a) for a in p]
+    v = [np.zeros_like(a) for a in p]
+    history = []
+    for t, (g, lr) in enumerate(zip(grads, rates), 1):
+        g = [np.asarray(a, np.float64) for a in g]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi ** 2 for vi, gi in zip(v, g)]
+        p = [pi - lr * (mi / (1 - b1 ** t)) / (np.sqrt(vi / (1 - b2 ** t)) + eps)
+             for pi, mi, vi in zip(p, m, v)]
+        history.append(p)
+    return history
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+def test_adam_optimizer_is_adam_with_its_betas_and_schedule_by_hand(schedule, tiny_config):
+    """config.optimizer=adam over 10 steps with random gradients: the parameters of the
+    numpy Adam recursion with config.adam_b1, adam_b2 and the schedule by hand."""
+    c = tiny_config(optimizer="adam", adam_b1=0.7, adam_b2=0.9, schedule=schedule,
+                    num_epochs=2, warmup_epochs=0.4, learning_rate=0.01)
+    tx = train.make_optimizer(c, 5)
+    rng = np.random.default_rng(1)
+    params = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
+    grads = [[rng.normal(size=p.shape).astype(np.float32) for p in params] for _ in range(10)]
+    want = adam_by_hand(params, grads, schedule_by_hand(schedule, 0.01, 10, 2), 0.7, 0.9)
+    state, p = tx.init(params), params
+    for g, w in zip(grads, want):
+        updates, state = tx.update(g, state, p)
+        p = [a + u for a, u in zip(p, updates)]
+        for a, b in zip(p, w):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="sweep over momentum needs config.optimizer=sgd"):
+        train.make_optimizer(c, 5, momentum=0.9)
+
+
 def test_train_step_takes_nesterov_steps_on_the_costs_gradient(tiny_config, fake_data):
     """Three steps with config.momentum and config.nesterov on one batch: the numpy
     Nesterov recursion over jax.grad of the log-likelihood plus network3's L2 term, each

@@ -10,7 +10,8 @@ members' results: it is the fresh measurement of that recipe's committee.
     python run.py --mode=committee --config=experiments/committees/allconv_fresh.py \\
         --workdir=runs/allconv_fresh
 
-Expected: not yet measured (about 50 minutes a member on a 2-core CPU).
+Expected: 99.71% test (29 errors; members 99.65-99.69%), about 25 minutes a member
+on a 2-core Intel Xeon (results/2026-12-01-allconv-fresh-committee).
 """
 
 from mnist_cnn.committee_config import committee, members

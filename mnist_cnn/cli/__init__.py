@@ -52,7 +52,7 @@ def _fail(message: str) -> int:
 
 def main(flags) -> int:
     """Dispatches on --list, --mode and the sweep flags."""
-    from mnist_cnn import committee_config
+    from mnist_cnn import config as config_lib
     if flags.list:
         print(list_experiments())
         return 0
@@ -63,7 +63,7 @@ def main(flags) -> int:
     if flags.config is None:
         return _fail("--config is required, e.g. --config=experiments/dbl_conv_relu.py "
                      "(python run.py --list shows them all)")
-    if committee_config.is_committee(flags.config):
+    if config_lib.is_committee(flags.config):
         return _fail("--config names a committee file: train and vote it with "
                      "--mode=committee, or vote its saved outputs with --mode=vote")
     if flags.mode == "benchmark":

@@ -1,0 +1,218 @@
+"""config.parallel=sharding (mnist_cnn/sharding.py): jit over a device mesh equals one
+device, for data parallelism, micro-batches, batch norm, ensembles and vmapped sweeps;
+checkpoints move between pmap, sharding and one device; two processes share one mesh.
+
+Several CPU devices exist only if XLA_FLAGS is set before jax is imported, so each
+check runs in a fresh process."""
+
+import inspect
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow   # every test starts processes
+
+PRELUDE = """
+import os
+# XLA's CPU optimisation level 0: these tiny programs compile in a third less time
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count={devices} "
+                           "--xla_backend_optimization_level=0")
+import jax, jax.numpy as jnp, numpy as np
+from mnist_cnn import networks, parallel, train
+
+{helpers}
+fake_data, synthetic_dataset = {fake_data}, {synthetic_dataset}
+
+def tiny_config(**fields):
+    return {tiny_config}(**{{"parallel": "sharding", **fields}})
+
+def close(a, b, rtol=2e-5, atol=2e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+def epoch(c, members, n=64, reference=None, hp=None):
+    '''One epoch of `c` under its Setup, and of `reference` (default `c`) on one device
+    with plain jit: (setup, one-device state, its losses, the state, its losses).'''
+    reference = reference or c
+    x, y = fake_data(n)
+    nb = train.steps_per_epoch(n, c.batch_size)
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, nb)
+    st = train.init_states(model, tx, c.seed, members)
+    order = train.epoch_order(st.key, 0, n, members > 1) if c.shuffle else None
+    traced = None if hp is None else train.traced_hp(hp)
+    one = train.make_train_chunk(model, tx, reference, nb, stacked=members > 1)
+    ref, ref_losses, _ = one(jax.tree.map(jnp.copy, st), x, y, order, 0, num_steps=nb,
+                             hp=traced)
+    s = parallel.setup(c, members, sweep=hp is not None)
+    fn = parallel.make_chunk(s, model, tx, c, nb, nb, members > 1, order is not None,
+                             with_hp=hp is not None)
+    extra = () if hp is None else (parallel.place_hp(s, traced),)
+    args = (parallel.place(s, st), parallel.place_data(s, x), parallel.place_data(s, y),
+            parallel.place_order(s, order), 0) + extra
+    global last_program
+    compiled = fn.lower(*args).compile()
+    last_program = compiled.as_text()
+    out, losses, _ = compiled(*args)
+    return s, ref, ref_losses, parallel.host(s, out), parallel.losses_to_host(s, losses)
+"""
+
+
+@pytest.fixture
+def prelude(tiny_config, fake_data, synthetic_dataset):
+    """prelude(devices) -> PRELUDE for that many CPU devices, with conftest.py's tiny
+    config, fake data and synthetic dataset (their source copied in)."""
+    made = (tiny_config, fake_data, synthetic_dataset)
+    helpers = "\n\n".join(inspect.getsource(f) for f in made)
+    return lambda devices: PRELUDE.format(
+        devices=devices, helpers=helpers, tiny_config=tiny_config.__name__,
+        fake_data=fake_data.__name__, synthetic_dataset=synthetic_dataset.__name__)
+
+
+@pytest.fixture
+def script(repo_root, prelude):
+    """script(body, devices=8) runs prelude + body in a fresh python with that many CPU
+    devices; returns its stdout, failing on a non-zero exit."""
+    def run(body, devices=8):
+        code = prelude(devices) + textwrap.dedent(body)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300, cwd=repo_root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+    return run
+
+
+def test_one_network_on_8_devices_equals_one_device(script):
+    """The same parameters, optimizer state and per-step losses after an epoch (float32
+    tolerance) with shuffling, random shifts, momentum and dropout: the program is the
+    one-device program, its mini-batch split over the devices (an all-reduce sums the
+    gradient). Batch norm: moments over the whole mini-batch, as on one device.
+    Micro-batches: 1 image a device a pass on 8 devices is one device's passes of 8."""
+    script("""
+        c = tiny_config(batch_size=16, shuffle=True, augment_shift=2, momentum=0.9)
+        s, ref, ref_losses, got, losses = epoch(c, 1)
+        assert s.count == 8 and s.kind == "sharding" and not s.spread_members, s
+        assert "all-reduce" in last_program
+        close(ref.params, got.params)
+        close(ref.opt_state, got.opt_state)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+        assert int(got.step) == 4 and losses.shape == (4,)
+
+        bn = tiny_config(batch_size=16, shuffle=True)
+        bn.layers[0].batch_norm = True
+        _, ref, ref_losses, got, losses = epoch(bn, 1)
+        close(ref.params, got.params)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+        micro = tiny_config(batch_size=16, shuffle=True, micro_batch=1)
+        whole = tiny_config(batch_size=16, shuffle=True, micro_batch=8)
+        _, ref, ref_losses, got, losses = epoch(micro, 1, reference=whole)
+        close(ref.params, got.params)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    """)
+
+
+def test_members_and_sweep_points_spread_over_devices_equal_one_device(script):
+    """M members over 8 devices use the largest divisor of M not above 8 (12 members:
+    6 devices of 2, as parallel.setup picks for pmap), their axis split over the mesh; a vmapped sweep's points likewise,
+    each with its own learning rate and dropout. Each equals its vmapped self."""
+    script("""
+        s, ref, ref_losses, got, losses = epoch(tiny_config(batch_size=8, shuffle=True), 12)
+        assert s.spread_members and s.count == 6, s
+        close(ref.params, got.params, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+        assert losses.shape == (12, 8)
+        hp = {"learning_rate": [0.01, 0.02, 0.05, 0.1],
+              "layers[1].dropout": [0.0, 0.1, 0.2, 0.3]}
+        s, ref, ref_losses, got, losses = epoch(tiny_config(batch_size=8), 4, hp=hp)
+        assert s.spread_members and s.count == 4, s
+        close(ref.params, got.params, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+        assert parallel.setup(tiny_config(parallel="pmap"), 4, sweep=True) is None
+    """)
+
+
+def test_checkpoints_move_between_pmap_sharding_and_one_device(script, tmp_path):
+    """A run stopped mid-epoch under pmap on 8 devices resumes under sharding, and one
+    stopped under sharding resumes on one device: each ends with the uninterrupted
+    one-device run's cost and parameters (checkpoints hold the one-device layout)."""
+    out = script(f"""
+        import json, signal
+        from mnist_cnn import checkpoint, data, driver
+        ds = synthetic_dataset()
+        data.load = lambda *a, **k: ds
+        agreed = driver.StopFlag.agreed
+
+        def run(workdir, parallel, stop_at=None):
+            c = tiny_config(train_size=64, batch_size=16, num_epochs=1, shuffle=True,
+                            chunk_steps=1, plots=False, parallel=parallel)
+            c.layers[1].dropout = 0.0   # pmap draws masks per device
+            calls = iter(range(1, 99))
+            driver.StopFlag.agreed = (agreed if stop_at is None else
+                lambda self: signal.SIGTERM if next(calls) == stop_at else None)
+            try:
+                driver.run(c, workdir, log=print)
+            except driver.Interrupted as e:
+                return e
+            model = networks.from_config(c)
+            like = train.init_state(model, train.make_optimizer(c, 4), 0)
+            state, _ = checkpoint.restore_latest(checkpoint.manager(workdir, 3), like)
+            with open(os.path.join(workdir, "metrics.jsonl")) as f:
+                return state.params, json.loads(f.readline())["train_loss"]
+
+        want, want_loss = run("{tmp_path}/one", "none")
+        for first, then in [("pmap", "sharding"), ("sharding", "none")]:
+            w = "{tmp_path}/" + first
+            stopped = run(w, first, stop_at=2)
+            assert isinstance(stopped, driver.Interrupted) and stopped.step == 2, stopped
+            got, loss = run(w, then)
+            np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+            close(got, want, rtol=1e-4, atol=1e-5)
+    """)
+    assert out.count("resuming from the checkpoint at step 2 of 4 in epoch 1") == 2, out
+    assert "8 x cpu (data parallel, pmap)" in out
+    assert "8 x cpu (data parallel, sharding)" in out
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TWO_PROCESSES = """
+import sys
+pid, port = int(sys.argv[1]), int(sys.argv[2])
+parallel.initialize_distributed(f"127.0.0.1:{port}", 2, pid, 60)
+c = tiny_config(batch_size=16, shuffle=True, augment_shift=2)
+s, ref, ref_losses, got, losses = epoch(c, 1)
+assert s.count == 4 and jax.device_count() == 4, s
+close(ref.params, got.params)
+np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+s, ref, ref_losses, got, losses = epoch(tiny_config(batch_size=8, shuffle=True), 4)
+assert s.count == 4 and s.local == 2 and s.spread_members, s
+close(ref.params, got.params, rtol=1e-6, atol=1e-7)
+np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+print("ok", pid)
+"""
+
+
+def test_two_processes_share_one_mesh(repo_root, prelude):
+    """jax.distributed on this machine, 2 processes x 2 CPU devices: the mesh spans
+    all 4 devices; one network data parallel and 4 members split one a device each
+    equal one device, on both processes."""
+    code = prelude(2) + TWO_PROCESSES
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), str(port)],
+                              cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+    assert [o[0].split()[-2:] for o in outs] == [["ok", "0"], ["ok", "1"]]

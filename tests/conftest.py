@@ -333,7 +333,7 @@ def read_scalars():
 # checkpoints, draws figures; where it finds its data and keeps compiled programs).
 NOT_TRAINING = {"name", "eval_every", "chunk_steps", "checkpoint_every_steps",
                 "keep_checkpoints", "plots", "data_dir", "data_source", "download",
-                "eval_batch_size", "compile_cache"}
+                "eval_batch_size", "compile_cache", "tensorboard"}
 
 
 def _run_py_config(command: str):

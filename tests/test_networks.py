@@ -13,7 +13,7 @@ from mnist_cnn import networks
 
 EXPERIMENTS = ["intro_conv", "shallow", "basic_conv", "omit_fc", "dbl_conv",
                "dbl_conv_tanh", "dbl_conv_relu", "expanded_data", "expanded_data_double_fc",
-               "ensemble", "double_fc_dropout", "modern", "speedrun"]
+               "ensemble", "double_fc_dropout", "modern", "speedrun", "speedrun_sgd"]
 
 
 def shapes(params):

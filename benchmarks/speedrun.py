@@ -40,13 +40,18 @@ CACHE_ENV = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
 PHASES = ("load", "plan", "compile", "train", "evaluate", "test_pass")
 
-flags.DEFINE_string("config", "experiments/speedrun.py", "Experiment config to time.")
-flags.DEFINE_integer("seeds", 10, "Seeds 0..N-1, fresh processes each.")
-flags.DEFINE_bool("warm", True, "Also time each seed with a warm compilation cache.")
-flags.DEFINE_float("target", 0.99, "Mean test accuracy the speedrun must reach.")
-flags.DEFINE_multi_string("override", [], "Extra --config.* overrides, e.g. num_epochs=3.")
-flags.DEFINE_string("out", "benchmark_speedrun.json", "JSON output path.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The script's flags, defined only when it runs as a script (so that importing it,
+    as the tests do, leaves run.py's flags of the same names free)."""
+    flags.DEFINE_string("config", "experiments/speedrun.py", "Experiment config to time.")
+    flags.DEFINE_integer("seeds", 10, "Seeds 0..N-1, fresh processes each.")
+    flags.DEFINE_bool("warm", True, "Also time each seed with a warm compilation cache.")
+    flags.DEFINE_float("target", 0.99, "Mean test accuracy the speedrun must reach.")
+    flags.DEFINE_multi_string("override", [], "Extra --config.* overrides, e.g. num_epochs=3.")
+    flags.DEFINE_string("out", "benchmark_speedrun.json", "JSON output path.")
 
 
 def cache_args(cache_dir: str) -> tuple[list[str], dict]:
@@ -167,4 +172,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

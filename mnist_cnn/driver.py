@@ -145,14 +145,20 @@ def locked(workdir: str):
     """An exclusive flock on workdir/.lock; the kernel releases it if the process dies."""
     fd = os.open(os.path.join(workdir, ".lock"), os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"another process is running in --workdir {workdir}; wait for it "
-                           f"to finish or choose another directory") from None
+        _flock(fd, fcntl.LOCK_EX, RunError(
+            f"another process is running in --workdir {workdir}; wait for it to finish "
+            f"or choose another directory"))
         yield
     finally:
         os.close(fd)
+
+
+def _flock(fd: int, mode: int, busy: RunError) -> None:
+    """flock(fd, mode) without waiting; `busy` raised when another process holds it."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise busy from None
 
 
 class RunBusy(RunError):
@@ -173,11 +179,9 @@ def read_locked(workdir: str):
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(f"{workdir} is training (it holds {path}): vote it when it "
-                          f"finishes, or vote its saved outputs") from None
+        _flock(fd, fcntl.LOCK_SH, RunBusy(
+            f"{workdir} is training (it holds {path}): vote it when it finishes, or vote "
+            f"its saved outputs"))
         yield
     finally:
         os.close(fd)

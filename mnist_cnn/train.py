@@ -7,6 +7,7 @@ is one jitted `lax.scan`; with chunk_steps >= steps per epoch, a whole epoch is 
 
 from __future__ import annotations
 
+import functools
 import re
 from functools import partial
 from typing import Any
@@ -94,22 +95,35 @@ def init_states(model, tx, seed: int, num_members: int, seeds=None) -> TrainStat
     return _compile_cheaply(fn, seeds)(seeds)
 
 
-def _compile_cheaply(fn, *args):
-    """jit(fn) compiled for a function that runs once. Run eagerly, Flax's init compiles
-    every primitive op by op (~4 s on a CPU); jitted at XLA CPU's default optimisation
-    level 3 its random.normal calls take ~1.5 s to compile, at level 1 ~0.5 s with
-    bit-identical results (tests/test_train.py checks against the eager init)."""
+def _compile_cheaply(fn, *args, level: int = 1):
+    """jit(fn) compiled for a function that runs once (or once an epoch). Run eagerly,
+    Flax's init compiles every primitive op by op (~4 s on a CPU); jitted at XLA CPU's
+    default optimisation level 3 its random.normal calls take ~1.5 s to compile, at
+    level 1 ~0.5 s with bit-identical results (level 0 changes the normal samples'
+    last bits; tests/test_train.py checks against the eager init and shuffle)."""
     lowered = jax.jit(fn).lower(*args)
     if jax.default_backend() == "cpu":
-        return lowered.compile(compiler_options={"xla_backend_optimization_level": 1})
+        return lowered.compile(compiler_options={"xla_backend_optimization_level": level})
     return lowered.compile()
 
 
 def epoch_order(key, epoch, n, stacked: bool):
-    """The epoch's shuffle order: (n,), or (members, n) from each member's own key."""
-    if stacked:
-        return jax.vmap(lambda k: shuffle_order(k, epoch, n))(key)
-    return shuffle_order(key, epoch, n)
+    """The epoch's shuffle order: (n,), or (members, n) from each member's own key; one
+    cheaply compiled program per process serves every epoch (run eagerly, the shuffle
+    compiles its fold_in, iota and sort one by one, ~0.5 s on a CPU)."""
+    key = jnp.asarray(key)
+    program = _order_program(n, stacked, key.shape, key.dtype)
+    return program(key, jnp.asarray(epoch, jnp.int32))
+
+
+@functools.lru_cache(maxsize=8)
+def _order_program(n: int, stacked: bool, key_shape, key_dtype):
+    def order(key, epoch):
+        if stacked:
+            return jax.vmap(lambda k: shuffle_order(k, epoch, n))(key)
+        return shuffle_order(key, epoch, n)
+    return _compile_cheaply(order, jax.ShapeDtypeStruct(key_shape, key_dtype),
+                            jax.ShapeDtypeStruct((), jnp.int32), level=0)
 
 
 def steps_per_epoch(train_size: int, batch_size: int) -> int:

@@ -13,6 +13,7 @@ helpers. A test that asks for `run_py` starts run.py and is marked slow
 """
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import shlex
@@ -367,3 +368,39 @@ def run_py_config():
 def training_fields():
     """training_fields(config dict) -> the fields that change what a run trains."""
     return _training_fields
+
+
+def _snapshot(directory) -> dict:
+    """{relative path: (kind, bytes' SHA-256, size, mtime_ns, mode)} of everything under
+    `directory`: equal snapshots mean nothing there was created, removed or written."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            digest = None
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            out[os.path.relpath(path, directory)] = (
+                "dir" if name in dirs else "file", digest, st.st_size, st.st_mtime_ns,
+                st.st_mode)
+    return out
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    """snapshot(directory): a fingerprint of every file and folder under it."""
+    return _snapshot
+
+
+@pytest.fixture(scope="module")
+def run_python(repo_root):
+    """run_python(code): runs `code` in a fresh python in the repository root (where a
+    test needs its own XLA flags or devices); its stdout, failing on a non-zero exit."""
+    def run(code, timeout=300):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout, cwd=repo_root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+    return run

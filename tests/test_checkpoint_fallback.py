@@ -3,7 +3,6 @@ resume falls back to the one before with one line naming the step skipped and wh
 sets the damaged one aside, and ends as the uninterrupted run did; when none restores,
 one error line and nothing in the run directory changes."""
 
-import hashlib
 import json
 import os
 import pathlib
@@ -45,20 +44,6 @@ def resumable(tmp_path_factory, tmp_path, tiny_config, load_synthetic):
 
 def steps(workdir):
     return sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
-
-
-def snapshot(directory) -> dict:
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            st = os.lstat(path)
-            digest = None
-            if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(path, directory)] = (digest, st.st_size, st.st_mtime_ns)
-    return out
 
 
 def final_state(workdir, c):
@@ -162,8 +147,8 @@ def test_a_checkpoint_set_aside_twice_keeps_both(resumable, tiny_config):
     assert steps(w) == [32, 40, 48]
 
 
-def test_no_checkpoint_that_restores_is_one_line_and_changes_nothing(resumable,
-                                                                     tiny_config, capsys):
+def test_no_checkpoint_that_restores_is_one_line_and_changes_nothing(
+        resumable, tiny_config, capsys, snapshot):
     w, _ = resumable
     for step in (32, 40, 48):
         empty_every_file(w / "checkpoints" / str(step))

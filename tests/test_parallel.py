@@ -53,7 +53,7 @@ def epoch(c, members, n=64):
 
 
 @pytest.fixture
-def script(repo_root, tiny_config, fake_data):
+def script(run_python, tiny_config, fake_data):
     """script(body, devices=8) runs PRELUDE + body in a fresh python with that many CPU
     devices (the tiny config and fake data are conftest.py's own functions, their
     source copied in); returns its stdout, failing on a non-zero exit."""
@@ -63,10 +63,7 @@ def script(repo_root, tiny_config, fake_data):
         code = PRELUDE.format(devices=devices, helpers=helpers,
                               tiny_config=tiny_config.__name__,
                               fake_data=fake_data.__name__) + textwrap.dedent(body)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=300, cwd=repo_root)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout
+        return run_python(code)
     return run
 
 

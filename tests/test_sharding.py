@@ -73,16 +73,10 @@ def prelude(tiny_config, fake_data, synthetic_dataset):
 
 
 @pytest.fixture
-def script(repo_root, prelude):
+def script(run_python, prelude):
     """script(body, devices=8) runs prelude + body in a fresh python with that many CPU
     devices; returns its stdout, failing on a non-zero exit."""
-    def run(body, devices=8):
-        code = prelude(devices) + textwrap.dedent(body)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=300, cwd=repo_root)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout
-    return run
+    return lambda body, devices=8: run_python(prelude(devices) + textwrap.dedent(body))
 
 
 def test_one_network_on_8_devices_equals_one_device(script):

@@ -459,3 +459,15 @@ def test_micro_batch_scan_is_unrolled_up_to_a_few_slices(batch, micro, unrolled,
     scans = [e for e in _eqns(jaxpr) if e.primitive.name == "scan"]
     k = batch // micro
     assert [(e.params["length"], e.params["unroll"] > 1) for e in scans] == [(k, unrolled)]
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_compiled_epoch_order_equals_the_eager_shuffle(stacked):
+    """epoch_order runs one cheaply compiled program for every epoch; each epoch's
+    order must be the eager jax.random permutation of shuffle_order, bit for bit."""
+    keys = jax.random.split(jax.random.PRNGKey(11), 3)
+    for epoch in (0, 1, 7):
+        got = np.asarray(train.epoch_order(keys if stacked else keys[0], epoch, 1000,
+                                           stacked))
+        want = [np.asarray(train.shuffle_order(k, epoch, 1000)) for k in keys]
+        np.testing.assert_array_equal(got, np.stack(want) if stacked else want[0])

@@ -5,7 +5,6 @@ once, and output paths (--vote_out, --vote_save_outputs, --benchmark_out) checke
 before any work."""
 
 import fcntl
-import hashlib
 import json
 import os
 import pathlib
@@ -24,24 +23,6 @@ from mnist_cnn import config as config_lib
 
 _TRAINED = {}   # (seed,) -> a finished run directory, trained once per test process
 QUIET = lambda *a: None
-
-
-def snapshot(directory) -> dict:
-    """{relative path: (kind, bytes' SHA-256, size, mtime_ns, mode)} of everything under
-    `directory`: equal snapshots mean nothing there was created, removed or written."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            st = os.lstat(path)
-            digest = None
-            if os.path.isfile(path):
-                with open(path, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-            out[os.path.relpath(path, directory)] = (
-                "dir" if name in dirs else "file", digest, st.st_size, st.st_mtime_ns,
-                st.st_mode)
-    return out
 
 
 @pytest.fixture
@@ -69,7 +50,8 @@ def one_line(e: BaseException) -> str:
 
 # ---- read-only, under a shared lock ----
 
-def test_vote_leaves_an_in_progress_save_and_everything_else_in_place(finished_run):
+def test_vote_leaves_an_in_progress_save_and_everything_else_in_place(finished_run,
+                                                                       snapshot):
     """Orbax writes a checkpoint into STEP.orbax-checkpoint-tmp-T and renames it when
     done; a vote must not clean that up (it may be a save of a run still training),
     nor create anything (not even the lock file) in the run directory."""
@@ -87,7 +69,7 @@ def test_vote_leaves_an_in_progress_save_and_everything_else_in_place(finished_r
     assert snapshot(w) == before and not (w / ".lock").exists()
 
 
-def test_vote_refuses_a_run_that_holds_its_lock(finished_run):
+def test_vote_refuses_a_run_that_holds_its_lock(finished_run, snapshot):
     """A training process holds DIR/.lock exclusively: the vote is one line naming the
     run and the lock, and the run's directory is untouched; once released, it votes."""
     w = finished_run("a")
@@ -135,9 +117,8 @@ def wait_stopped(proc, timeout=60):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc/PID/stat")
-def test_vote_on_a_run_that_is_training_leaves_it_byte_identical(tmp_path, mnist_dir,
-                                                                 run_py,
-                                                                 assert_user_error):
+def test_vote_on_a_run_that_is_training_leaves_it_byte_identical(
+        tmp_path, mnist_dir, run_py, assert_user_error, snapshot):
     """run.py trains; stopped after its first checkpoint (SIGTSTP, as Ctrl-Z stops a
     job), it is voted: one line, and its directory is byte-identical; continued, it
     finishes; then the vote of the finished run succeeds and changes nothing there."""
@@ -245,7 +226,8 @@ def _empty_files(step_dir):
 @pytest.mark.parametrize("damage", [_flip_bytes, _empty_files,
                                     lambda d: shutil.rmtree(d / "meta"),
                                     lambda d: (d / "meta" / "metadata").write_text("{}")])
-def test_checkpoint_that_cannot_be_restored_is_one_line(finished_run, damage, capfd):
+def test_checkpoint_that_cannot_be_restored_is_one_line(finished_run, damage, capfd,
+                                                         snapshot):
     """A vote reads the newest checkpoint only (falling back would vote another network
     than the run's): one that cannot be restored is one line naming the run and step."""
     w = finished_run("a")

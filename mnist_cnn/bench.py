@@ -2,7 +2,8 @@
 
 For each point of the sweep (batch size x conv implementation x dtype x device count)
 it compiles the project's own training chunk (a `lax.scan` over mini-batches, data on
-the device, pmap over devices when more than one) and measures, after one warm-up call:
+the device; over several devices pmap, or jit over a device mesh, or both side by side:
+`parallel_kinds`) and measures, after one warm-up call:
 
 - compile time of the chunk (seconds, one measurement);
 - training images/s: median, min and max over `repeats` timed calls;
@@ -106,13 +107,26 @@ def timed(fn, repeats) -> list[float]:
     return times
 
 
+PARALLEL_KINDS = ("none", "pmap", "sharding")   # what --parallels takes
+
+
+def parallel_kinds(devices: int, parallels=None) -> list[str]:
+    """The config.parallel values timed at a device count. parallels None: plain jit
+    ("none") on one device, pmap on several. Else each named kind that can run there:
+    "none" on one device only, pmap and sharding at any count (on one device a
+    one-device pmap or mesh: nothing split, the wrapper's cost shows)."""
+    if parallels is None:
+        return ["pmap" if devices > 1 else "none"]
+    return [k for k in parallels if k != "none" or devices == 1]
+
+
 def point_config(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
-                 micro_batch: int = 0):
+                 micro_batch: int = 0, parallel_kind: str | None = None):
     c = copy.deepcopy(base)
     c.batch_size, c.conv_impl, c.dtype = batch_size, conv_impl, dtype
     c.micro_batch = micro_batch
     c.num_devices = devices
-    c.parallel = "pmap" if devices > 1 else "none"
+    c.parallel = parallel_kind or parallel_kinds(devices)[0]
     c.num_members, c.num_runs, c.shuffle = 1, 1, False
     c.train_size = max(batch_size, c.train_size)
     config_lib.validate(c)
@@ -133,10 +147,11 @@ def training_inputs(c, steps: int):
 
 
 def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
-            images: int, repeats: int, micro_batch: int = 0) -> dict:
+            images: int, repeats: int, micro_batch: int = 0,
+            parallel_kind: str | None = None) -> dict:
     """One point of the sweep. Raises parallel.ParallelError / ConfigError for a point
     the machine or the config cannot run."""
-    c = point_config(base, batch_size, conv_impl, dtype, devices, micro_batch)
+    c = point_config(base, batch_size, conv_impl, dtype, devices, micro_batch, parallel_kind)
     steps = max(1, images // batch_size)
     model, tx, state, x, y = training_inputs(c, steps)
     par = parallel.setup(c, 1)
@@ -167,7 +182,7 @@ def measure(base, batch_size: int, conv_impl: str, dtype: str, devices: int,
     micro = train.micro_batch_size(c.micro_batch, batch_size // devices,
                                    flops_per_image=counted)
     return dict(batch_size=batch_size, conv_impl=conv_impl, dtype=dtype, devices=devices,
-                micro_batch=micro, micro_batch_requested=micro_batch,
+                parallel=c.parallel, micro_batch=micro, micro_batch_requested=micro_batch,
                 images_per_rep=steps * batch_size, compile_s=round(compile_s, 2),
                 train_images_per_s=round(median, 1),
                 train_images_per_s_min=round(min(rates), 1),
@@ -204,37 +219,65 @@ def markdown(rows, env: dict, ceiling: tuple[float, float], name: str) -> str:
     head = (f"{name} on {env['device_kind']} ({env['cpu']}, {env['cores']} cores; "
             f"{env['device_count']} device(s)), jax {env['jax']}; 2048^2 f32 matmul "
             f"{ceiling[0]:.1f} GFLOP/s before, {ceiling[1]:.1f} after\n\n")
-    lines = ["| batch | micro-batch | conv | dtype | devices | compile s "
+    lines = ["| batch | micro-batch | conv | dtype | devices | parallel | compile s "
              "| train images/s median [min, max] | eval images/s "
              "| MFLOP/image (XLA's count) | GFLOP/s | of matmul ceiling | of peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         peak = f"{100 * r['fraction_of_peak']:.2f}%" if r["fraction_of_peak"] else "-"
         lines.append(
             f"| {r['batch_size']} | {_micro(r)} | {r['conv_impl']} | {r['dtype']} | "
-            f"{r['devices']} | {r['compile_s']:.1f} | {r['train_images_per_s']:,.0f} "
+            f"{r['devices']} | {r.get('parallel', '-')} | {r['compile_s']:.1f} | "
+            f"{r['train_images_per_s']:,.0f} "
             f"[{r['train_images_per_s_min']:,.0f}, {r['train_images_per_s_max']:,.0f}] | "
             f"{r['eval_images_per_s']:,.0f} | {r['model_flops_per_image'] / 1e6:.2f} "
             f"({r['xla_flops_per_image'] / 1e6:.2f}) | "
             f"{r['achieved_gflop_s']:.1f} | {100 * r['fraction_of_matmul_ceiling']:.0f}% | "
             f"{peak} |")
-    return head + "\n".join(lines)
+    return head + "\n".join(lines) + _kind_ratios(rows) + _one_device_note(rows)
+
+
+def _kind_ratios(rows) -> str:
+    """A line per point timed under both pmap and sharding: sharding's training
+    images/s over pmap's (median over median)."""
+    by_point = {}
+    for r in rows:
+        key = (r["devices"], r["batch_size"], r["conv_impl"], r["dtype"], r["micro_batch"])
+        by_point.setdefault(key, {})[r.get("parallel")] = r["train_images_per_s"]
+    lines = [f"- {d} device(s), batch {bs}, {impl}, {dtype}, micro-batch {mb}: sharding "
+             f"{k['sharding'] / k['pmap']:.2f}x pmap's training images/s"
+             for (d, bs, impl, dtype, mb), k in by_point.items()
+             if k.get("pmap") and k.get("sharding")]
+    return "\n\n" + "\n".join(lines) if lines else ""
+
+
+def _one_device_note(rows) -> str:
+    """What a one-device pmap or sharding row shows, when the table has one."""
+    if not any(r["devices"] == 1 and r.get("parallel") in ("pmap", "sharding")
+               for r in rows):
+        return ""
+    return ("\n\nOn one device pmap and sharding split nothing: their rows time the same "
+            "step as `none` (plain jit) inside a one-device pmap or mesh, the wrapper's "
+            "cost; a comparison of the kinds needs several devices.")
 
 
 def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
-          peak_tflops=None, log=print, micro_batches=(0,)) -> dict:
-    """Every point of the sweep; returns the benchmark.json content (with 'table')."""
+          peak_tflops=None, log=print, micro_batches=(0,), parallels=None) -> dict:
+    """Every point of the sweep; returns the benchmark.json content (with 'table').
+    parallels: the kinds compared at each device count (parallel_kinds), side by side."""
     env = environment()
     before = matmul_ceiling()
     rows = []
     for devices in device_counts:
         for bs in batch_sizes:
             for impl in conv_impls:
-                for dtype, mb in itertools.product(dtypes, micro_batches):
-                    rows.append(measure(base, bs, impl, dtype, devices, images, repeats, mb))
+                for dtype, mb, kind in itertools.product(
+                        dtypes, micro_batches, parallel_kinds(devices, parallels)):
+                    rows.append(measure(base, bs, impl, dtype, devices, images, repeats,
+                                        mb, kind))
                     r = rows[-1]
                     log(f"  batch {bs} (micro {r['micro_batch']}), {impl}, {dtype}, "
-                        f"{devices} device(s): "
+                        f"{devices} device(s), {kind}: "
                         f"{r['train_images_per_s']:,.0f} train images/s, compile "
                         f"{r['compile_s']:.1f} s")
     after = matmul_ceiling()
@@ -242,7 +285,7 @@ def sweep(base, batch_sizes, conv_impls, dtypes, device_counts, images, repeats,
     name = base.name or "network"
     return dict(name=name, **env, matmul_gflop_s_before=round(before, 1),
                 matmul_gflop_s_after=round(after, 1), images_per_rep=images,
-                repeats=repeats, rows=rows,
+                repeats=repeats, parallels=parallels, rows=rows,
                 table=markdown(rows, env, (before, after), name))
 
 

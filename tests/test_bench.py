@@ -59,6 +59,49 @@ def test_python_m_mnist_cnn_bench_is_the_benchmark_mode_with_micro_batches(
     assert_user_error(bench_py("--dtypes=float8"), "dtype")
 
 
+def test_benchmark_times_pmap_and_sharding_side_by_side(tmp_path, run_py):
+    """--parallels=pmap,sharding on 4 virtual CPU devices: a row of each kind at the
+    same point, the mini-batch of 8 split 2 a device (the micro-batch column), and the
+    ratio line."""
+    out = tmp_path / "b.json"
+    proc = run_py("--mode=benchmark", *QUICK, "--batch_sizes=8", "--conv_impls=patches",
+                  "--device_counts=4", "--parallels=pmap,sharding",
+                  f"--benchmark_out={out}",
+                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert result["device_count"] == 4 and result["parallels"] == ["pmap", "sharding"]
+    assert [(r["parallel"], r["devices"], r["micro_batch"]) for r in rows] == [
+        ("pmap", 4, 2), ("sharding", 4, 2)]
+    for r in rows:
+        assert r["train_images_per_s"] > 0 and r["images_per_rep"] == 64, r
+    assert "| 8 | auto: 2 | patches | float32 | 4 | pmap |" in proc.stdout
+    assert "| 8 | auto: 2 | patches | float32 | 4 | sharding |" in proc.stdout
+    ratio = rows[1]["train_images_per_s"] / rows[0]["train_images_per_s"]
+    assert f"sharding {ratio:.2f}x pmap's training images/s" in proc.stdout
+
+
+def test_parallel_kinds_per_device_count():
+    """Default: plain jit on one device, pmap on several (as before --parallels);
+    named kinds: none on one device only, pmap and sharding at any count."""
+    from mnist_cnn import config as config_lib
+    from mnist_cnn.cli.benchmark import parallels_list
+    assert bench.parallel_kinds(1) == ["none"] and bench.parallel_kinds(4) == ["pmap"]
+    kinds = parallels_list(["sharding", "none", "pmap", "none"], [1, 4])
+    assert kinds == ["sharding", "none", "pmap"]
+    assert bench.parallel_kinds(1, kinds) == kinds
+    assert bench.parallel_kinds(4, kinds) == ["sharding", "pmap"]
+    assert parallels_list(None, [1, 4]) is None
+    with pytest.raises(config_lib.ConfigError, match="--device_counts=2 needs pmap"):
+        parallels_list(["none"], [1, 2])
+    with pytest.raises(config_lib.ConfigError, match="got nothing"):
+        parallels_list([], [1])
+    from experiments import dbl_conv_relu
+    c = bench.point_config(dbl_conv_relu.get_config(), 8, "xla", "float32", 1, 0, "sharding")
+    assert (c.parallel, c.num_devices) == ("sharding", 1)
+
+
 def test_model_flops_by_hand_for_the_books_network():
     """Hand count for dbl_conv_relu: conv 20 (24x24 outputs, 5x5x1), conv 40 (8x8, 5x5x20),
     FC 640->100, softmax 100->10."""
@@ -109,6 +152,7 @@ def test_known_peaks_and_fraction():
     (["--device_counts=1", "--batch_sizes=0,3"], "--batch_sizes"),
     (["--batch_sizes=8", "--micro_batches=3"], "micro_batch (3) must divide"),
     (["--micro_batches=-1"], "--micro_batches"),
+    (["--parallels=pmap,spmd"], "--parallels takes none, pmap and/or sharding"),
 ])
 def test_benchmark_bad_input(tmp_path, args, fragment, run_py, assert_user_error):
     out = tmp_path / "b.json"

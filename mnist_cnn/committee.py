@@ -172,13 +172,13 @@ def save_outputs(path: str, outputs: dict, precision: str = "float32") -> None:
                   test_probabilities=prob(outputs["test_probabilities"]),
                   validation_sha256=np.asarray(outputs["validation_sha256"], dtype=str),
                   test_sha256=np.asarray(outputs["test_sha256"], dtype=str))
-    tmp = path + ".tmp.npz"
-    try:
-        np.savez_compressed(tmp, **arrays)
+    with metrics_io.temp_beside(path, ".tmp.npz") as tmp:   # a unique name: no collision
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    metrics_io.fsync_dir(os.path.dirname(path))
 
 
 def load_outputs(path: str) -> dict:

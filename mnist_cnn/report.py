@@ -15,6 +15,8 @@ import glob
 import os
 import sys
 
+from mnist_cnn import metrics_io
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_CSV = os.path.join(ROOT, "results", "results.csv")
 README = os.path.join(ROOT, "README.md")
@@ -183,9 +185,7 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     if new != text:
-        with open(README + ".tmp", "w") as f:
-            f.write(new)
-        os.replace(README + ".tmp", README)
+        metrics_io.write_text_atomic(README, new)
     print(f"README.md: {sum(r['table'] in TABLES for r in rows)} generated rows")
     return 0
 

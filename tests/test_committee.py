@@ -659,3 +659,15 @@ def test_committee_file_flags_it_fixes_are_refused(tmp_path, run_py, assert_user
     proc = run_py("--mode=vote", "--config=experiments/shallow.py", "--vote_runs=runs/a")
     assert_user_error(proc, "--mode=vote takes --vote_runs, or a committee file")
     assert not (tmp_path / "v.json").exists() and not (tmp_path / "w").exists()
+
+
+def test_saving_outputs_leaves_another_writers_temporary_file_alone(tmp_path):
+    """Another writer's temporary file beside the output (the name a fixed-name writer
+    would pick) is neither used nor removed: each save writes a file of its own."""
+    path = tmp_path / "o.npz"
+    theirs = tmp_path / "o.npz.tmp.npz"
+    theirs.write_bytes(b"another writer's bytes")
+    committee.save_outputs(str(path), _outputs())
+    assert theirs.read_bytes() == b"another writer's bytes"
+    assert list(committee.load_outputs(str(path))["names"]) == ["net0", "net1", "net2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.npz", "o.npz.tmp.npz"]

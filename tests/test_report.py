@@ -135,3 +135,18 @@ def test_rows_of_one_idea_share_a_line_of_the_beyond_table():
     assert len(lines) == 2 and lines[0].startswith("| A | **99.71%**")
     assert "<br>**99.75%** (25 errors" in lines[0] and "`a`<br>`c`" in lines[0]
     assert lines[1].startswith("| B | **99.00%**")
+
+
+def test_the_readme_is_rewritten_whole_leaving_other_files_alone(tmp_path, monkeypatch):
+    """python -m mnist_cnn.report rewrites README.md through a temporary file of its
+    own: another file named README.md.tmp is left as it was."""
+    readme = tmp_path / "README.md"
+    with open(report.README) as f:
+        readme.write_text(f.read().replace("| 99.", "| 98.", 1))
+    (tmp_path / "README.md.tmp").write_text("someone else's")
+    monkeypatch.setattr(report, "README", str(readme))
+    assert report.main(["report"]) == 0
+    with open(report.README) as f:
+        assert readme.read_text() == f.read()   # the tables regenerated from results.csv
+    assert (tmp_path / "README.md.tmp").read_text() == "someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "README.md.tmp"]

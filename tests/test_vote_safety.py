@@ -128,7 +128,10 @@ def test_vote_on_a_run_that_is_training_leaves_it_byte_identical(
          "--config.train_size=2000", "--config.num_epochs=3", "--config.plots=False",
          "--config.checkpoint_every_steps=20", "--config.chunk_steps=20"],
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A process group of its own under this one: the kernel discards SIGTSTP sent
+        # into an orphaned process group, as the test runner's may be.
+        process_group=0)
     try:
         t0 = time.time()
         while not checkpoint.exists(str(w)):

@@ -25,7 +25,7 @@ train: install
 	$(BIN)/python run.py --config=experiments/$(EXPERIMENT).py --workdir=$(WORKDIR) $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist=worksteal tests $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/conv_impl.py $(ARGS)

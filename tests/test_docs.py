@@ -107,8 +107,8 @@ def _tracked_files():
 
 def test_no_tracked_file_dates_anything_by_a_period_of_work():
     """Code, docs, results, tests and file names speak of the software, machines and
-    dates: no 'session', 'lent', 'issue N', 'the tenth session', ... (this file names
-    the pattern, so it is the one exception)."""
+    dates, never of how the work was organised: nothing matches HISTORY (this file
+    spells the pattern out, so it is the one exception)."""
     found = []
     for path in _tracked_files():
         if path == "tests/test_docs.py":

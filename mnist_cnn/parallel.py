@@ -180,11 +180,7 @@ def place_data(s: Setup | None, x):
 
 def place_order(s: Setup | None, order):
     """An epoch's permutation, (N,) or stacked (M, N), laid out like the state."""
-    if s is None or order is None:
-        return order
-    if s.kind == "sharding":
-        return sharding.place_order(s, order)
-    return split(s, order) if s.spread_members else replicate(s, order)
+    return None if order is None else place(s, order)
 
 
 def losses_to_host(s: Setup | None, losses):

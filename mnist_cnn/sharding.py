@@ -75,7 +75,8 @@ def _put(sharding, tree):
 
 
 def place(s, state):
-    """A host-layout state: replicated, or its members split over the devices."""
+    """A host-layout state (or an epoch's permutation, laid out like it): replicated,
+    or its members split over the devices."""
     replicated, split = _shardings(s)
     return _put(split if s.spread_members else replicated, state)
 
@@ -83,14 +84,6 @@ def place(s, state):
 def place_data(s, x):
     """Training images or labels: the whole set on every device."""
     return _put(_shardings(s)[0], x)
-
-
-def place_order(s, order):
-    """An epoch's permutation (N,), replicated, or stacked (M, N), split like members."""
-    if order is None:
-        return None
-    replicated, split = _shardings(s)
-    return _put(split if s.spread_members else replicated, order)
 
 
 def place_hp(s, hp):

@@ -12,17 +12,14 @@ helpers. A test that asks for `run_py` starts run.py and is marked slow
 (`pytest -m "not slow"` leaves those out).
 """
 
-import atexit
 import dataclasses
 import hashlib
 import itertools
 import os
 import shlex
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import types
 
 import numpy as np
@@ -32,19 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "mnist")
 if not os.environ.get("MNIST_DATA_DIR") and os.path.isdir(_SHARED):
     os.environ["MNIST_DATA_DIR"] = _SHARED
-# One persistent compilation cache for the whole test session (config.compile_cache
-# "auto" reads MNIST_CNN_COMPILE_CACHE first), in a new temporary folder that
-# pytest-xdist's workers and every process the tests start inherit through the
-# environment: a program that several tests compile (the tiny network's training chunk,
-# say) is compiled once and read back after. No test writes into the user's cache; the
-# tests of the cache itself name their own folders. A size limit turns on JAX's file
-# lock, so two processes never read an entry while another writes it.
-_CACHE_OWNER = "MNIST_CNN_TEST_CACHE_OWNER"
-if _CACHE_OWNER not in os.environ:
-    os.environ[_CACHE_OWNER] = str(os.getpid())
-    os.environ["MNIST_CNN_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="mnist_cnn_tests_jax_")
-    os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
-    atexit.register(shutil.rmtree, os.environ["MNIST_CNN_COMPILE_CACHE"], True)
+# Runs the tests start compile without a persistent cache (config.compile_cache "auto"
+# reads this first): no test depends on a warm cache or writes into the user's.
+os.environ["MNIST_CNN_COMPILE_CACHE"] = ""
 
 
 def pytest_collection_modifyitems(items):

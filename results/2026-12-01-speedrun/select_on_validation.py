@@ -5,12 +5,13 @@ validation images; prints one JSON line per candidate (the lines of selection.js
     MNIST_DATA_DIR=... python results/2026-12-01-speedrun/select_on_validation.py \
         "c12k5c32k3f128:bs=128" "c10k5c20k3f100:bs=128,epochs=2,seed=105"
 
-NAME:FIELDS, NAME a network below, FIELDS keyword overrides of cfg() (mini-batch bs,
+NAME:FIELDS, NAME a network (network() below), FIELDS keyword overrides of cfg() (mini-batch bs,
 epochs, Adam's lr, b1, b2, warm-up fraction warm, shuffle, first seed seed) or of any
 config field (eval_shifts=1). member_images_per_s is indicative: five members stacked,
 on a machine shared with other jobs."""
 import json
 import os
+import re
 import sys
 import time
 
@@ -65,32 +66,28 @@ def evaluate(name, c):
           mflop=round(mflop, 2), member_images_per_s=round(ips), compile_s=round(t1-t0, 1))),
           flush=True)
 
-NETS = {
- "c8c16f100": (conv_pool(8, activation="relu"), conv_pool(16, activation="relu"), fc(100, activation="relu"), softmax(10)),
- "c16k5c32k3f128": (conv_pool(16, activation="relu"), conv_pool(32, kernel=3, activation="relu"), fc(128, activation="relu"), softmax(10)),
- "c24k5c32k3f256": (conv_pool(24, activation="relu"), conv_pool(32, kernel=3, activation="relu"), fc(256, activation="relu"), softmax(10)),
- "c12k5c24k3f128": (conv_pool(12, activation="relu"), conv_pool(24, kernel=3, activation="relu"), fc(128, activation="relu"), softmax(10)),
- "c8k5c16k3f100": (conv_pool(8, activation="relu"), conv_pool(16, kernel=3, activation="relu"), fc(100, activation="relu"), softmax(10)),
+NET = re.compile(r"(bn_)?c(\d+)(?:k(\d+))?c(\d+)(?:k(\d+))?f(\d+)")
 
- "c12k5c24k3f64": (conv_pool(12, activation="relu"), conv_pool(24, kernel=3, activation="relu"), fc(64, activation="relu"), softmax(10)),
- "c10k5c20k3f100": (conv_pool(10, activation="relu"), conv_pool(20, kernel=3, activation="relu"), fc(100, activation="relu"), softmax(10)),
- "bn_c8c16f100": (conv_pool(8, activation="relu", batch_norm=True), conv_pool(16, activation="relu", batch_norm=True), fc(100, activation="relu"), softmax(10)),
- "bn_c12k5c24k3f128": (conv_pool(12, activation="relu", batch_norm=True), conv_pool(24, kernel=3, activation="relu", batch_norm=True), fc(128, activation="relu"), softmax(10)),
 
- "c12k5c24k3f256": (conv_pool(12, activation="relu"), conv_pool(24, kernel=3, activation="relu"), fc(256, activation="relu"), softmax(10)),
- "c8k5c24k3f256": (conv_pool(8, activation="relu"), conv_pool(24, kernel=3, activation="relu"), fc(256, activation="relu"), softmax(10)),
+def network(name):
+    """The layers a candidate's name spells, [bn_]c{maps}[k{kernel}]c{maps}[k{kernel}]f{units}:
+    two conv + 2x2 max-pool + ReLU layers (kernel 5 where none is named; bn_: batch norm
+    in both), an FC ReLU layer and a softmax of 10. The candidates of selection.jsonl:
+    c8c16f100, c8k5c16k3f100, c10k5c20k3f100, c12k5c24k3f64, c12k5c24k3f128,
+    c12k5c24k3f256, c8k5c24k3f256, c16k5c24k3f128, c12k5c32k3f128, c16k5c32k3f64,
+    c16k5c32k3f128, c8k5c32k3f128, c10k5c32k3f128, c24k5c32k3f256, bn_c8c16f100,
+    bn_c12k5c24k3f128, bn_c12k5c32k3f128."""
+    m = NET.fullmatch(name)
+    if m is None:
+        raise SystemExit(f"error: {name!r} is not a network name such as c12k5c32k3f128")
+    bn, maps1, k1, maps2, k2, units = m.groups()
+    conv = lambda maps, k: conv_pool(int(maps), kernel=int(k or 5), activation="relu",
+                                     batch_norm=bool(bn))
+    return (conv(maps1, k1), conv(maps2, k2), fc(int(units), activation="relu"), softmax(10))
 
- "c16k5c24k3f128": (conv_pool(16, activation="relu"), conv_pool(24, kernel=3, activation="relu"), fc(128, activation="relu"), softmax(10)),
- "c12k5c32k3f128": (conv_pool(12, activation="relu"), conv_pool(32, kernel=3, activation="relu"), fc(128, activation="relu"), softmax(10)),
- "c16k5c32k3f64": (conv_pool(16, activation="relu"), conv_pool(32, kernel=3, activation="relu"), fc(64, activation="relu"), softmax(10)),
 
- "c8k5c32k3f128": (conv_pool(8, activation="relu"), conv_pool(32, kernel=3, activation="relu"), fc(128, activation="relu"), softmax(10)),
- "c10k5c32k3f128": (conv_pool(10, activation="relu"), conv_pool(32, kernel=3, activation="relu"), fc(128, activation="relu"), softmax(10)),
-
- "bn_c12k5c32k3f128": (conv_pool(12, activation="relu", batch_norm=True), conv_pool(32, kernel=3, activation="relu", batch_norm=True), fc(128, activation="relu"), softmax(10)),
-}
 if __name__ == "__main__":
     for spec in sys.argv[1:]:
         name, _, kw = spec.partition(":")
         kw = eval(f"dict({kw})")
-        evaluate(spec, cfg(NETS[name], **kw))
+        evaluate(spec, cfg(network(name), **kw))

@@ -31,6 +31,10 @@ def test_summary_medians_ranges_record_timing_and_mean_accuracy():
     assert s["cold_phases_s"]["plan_s"] == 3.0 and s["warm_phases_s"]["plan_s"] == 0.5
     assert s["test_accuracy"] == dict(mean=0.990667, min=0.989, max=0.992)
     assert s["reached"] and s["warm_same_accuracy"] and s["seeds"] == 3
+    assert not s["fast"] and not s["met"] and s["target_s"] == 5.0   # 7.0 s cold
+    quick = speedrun.summarize(dict(cold=cold, warm=warm), 0.99, target_s=7.5)
+    assert quick["fast"] and quick["met"]
+    assert not speedrun.summarize(dict(cold=cold, warm=warm), 0.9915, 7.5)["met"]
     warm[1]["test_accuracy"] = 0.98   # a warm run whose program differed
     assert not speedrun.summarize(dict(cold=cold, warm=warm), 0.999)["warm_same_accuracy"]
     text = speedrun.table(s)

@@ -14,6 +14,7 @@ helpers. A test that asks for `run_py` starts run.py and is marked slow
 
 import dataclasses
 import hashlib
+import inspect
 import itertools
 import os
 import shlex
@@ -404,3 +405,65 @@ def run_python(repo_root):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
     return run
+
+
+# ---- several CPU devices, in a fresh process ----
+
+DEVICE_PRELUDE = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count={devices} {xla_flags}"
+import jax, jax.numpy as jnp, numpy as np
+from mnist_cnn import networks, parallel, train
+
+{helpers}
+fake_data, synthetic_dataset = {fake_data}, {synthetic_dataset}
+
+def tiny_config(**fields):
+    return {tiny_config}(**{{"parallel": "{parallel}", **fields}})
+
+def close(a, b, rtol=2e-5, atol=2e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+def epoch(c, members, n=64, reference=None, hp=None):
+    '''One epoch of `c` under its Setup, and of `reference` (default `c`) on one device
+    with plain jit: (setup, one-device state, its losses, the state, its losses). The
+    compiled program's text is left in last_program.'''
+    reference = reference or c
+    x, y = fake_data(n)
+    nb = train.steps_per_epoch(n, c.batch_size)
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, nb)
+    st = train.init_states(model, tx, c.seed, members)
+    order = train.epoch_order(st.key, 0, n, members > 1) if c.shuffle else None
+    traced = None if hp is None else train.traced_hp(hp)
+    one = train.make_train_chunk(model, tx, reference, nb, stacked=members > 1)
+    ref, ref_losses, _ = one(jax.tree.map(jnp.copy, st), x, y, order, 0, num_steps=nb,
+                             hp=traced)
+    s = parallel.setup(c, members, sweep=hp is not None)
+    fn = parallel.make_chunk(s, model, tx, c, nb, nb, members > 1, order is not None,
+                             with_hp=hp is not None)
+    extra = () if hp is None else (parallel.place_hp(s, traced),)
+    args = (parallel.place(s, st), parallel.place_data(s, x), parallel.place_data(s, y),
+            parallel.place_order(s, order), 0) + extra
+    global last_program
+    compiled = fn.lower(*args).compile()
+    last_program = compiled.as_text()
+    out, losses, _ = compiled(*args)
+    return s, ref, ref_losses, parallel.host(s, out), parallel.losses_to_host(s, losses)
+"""
+
+
+@pytest.fixture
+def device_prelude(tiny_config, fake_data, synthetic_dataset):
+    """device_prelude(devices, parallel, xla_flags="") -> the source a fresh Python runs
+    first to have that many CPU devices (XLA_FLAGS, set before jax is imported):
+    conftest.py's tiny config (with config.parallel = parallel), fake data and synthetic
+    dataset (their source copied in), close(a, b) for float32 trees, and epoch(c,
+    members, ...), one epoch across the devices beside the same epoch on one device."""
+    made = (tiny_config, fake_data, synthetic_dataset)
+    helpers = "\n\n".join(inspect.getsource(f) for f in made)
+    return lambda devices, parallel, xla_flags="": DEVICE_PRELUDE.format(
+        devices=devices, xla_flags=xla_flags, helpers=helpers, parallel=parallel,
+        tiny_config=tiny_config.__name__, fake_data=fake_data.__name__,
+        synthetic_dataset=synthetic_dataset.__name__)

@@ -5,7 +5,6 @@ devices resumes on M, several processes equal one, device errors.
 Several CPU devices exist only if XLA_FLAGS is set before jax is imported, so each
 check runs in a fresh process."""
 
-import inspect
 import json
 import os
 import signal
@@ -19,52 +18,13 @@ import pytest
 
 pytestmark = pytest.mark.slow   # every test starts processes
 
-PRELUDE = """
-import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count={devices}"
-import jax, jax.numpy as jnp, numpy as np
-from mnist_cnn import networks, parallel, train
-
-{helpers}
-fake_data = {fake_data}
-
-def tiny_config(**fields):   # the pmap path (auto may pick sharding: test_sharding.py)
-    return {tiny_config}(**{{"parallel": "pmap", **fields}})
-
-def close(a, b, rtol=2e-5, atol=2e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-def epoch(c, members, n=64):
-    x, y = fake_data(n)
-    nb = train.steps_per_epoch(n, c.batch_size)
-    model = networks.from_config(c)
-    tx = train.make_optimizer(c, nb)
-    st = train.init_states(model, tx, c.seed, members)
-    order = train.epoch_order(st.key, 0, n, members > 1) if c.shuffle else None
-    one = train.make_train_chunk(model, tx, c, nb, stacked=members > 1)
-    ref, ref_losses, _ = one(jax.tree.map(jnp.copy, st), x, y, order, 0, num_steps=nb)
-    s = parallel.setup(c, members)
-    fn = parallel.make_chunk(s, model, tx, c, nb, nb, members > 1, order is not None)
-    out, losses, _ = fn(parallel.place(s, st), parallel.place_data(s, x),
-                        parallel.place_data(s, y), parallel.place_order(s, order), 0)
-    return s, ref, ref_losses, parallel.host(s, out), parallel.losses_to_host(s, losses)
-"""
-
-
 @pytest.fixture
-def script(run_python, tiny_config, fake_data):
-    """script(body, devices=8) runs PRELUDE + body in a fresh python with that many CPU
-    devices (the tiny config and fake data are conftest.py's own functions, their
-    source copied in); returns its stdout, failing on a non-zero exit."""
-    helpers = "\n\n".join(inspect.getsource(f) for f in (tiny_config, fake_data))
-
-    def run(body, devices=8):
-        code = PRELUDE.format(devices=devices, helpers=helpers,
-                              tiny_config=tiny_config.__name__,
-                              fake_data=fake_data.__name__) + textwrap.dedent(body)
-        return run_python(code)
-    return run
+def script(run_python, device_prelude):
+    """script(body, devices=8) runs conftest.py's DEVICE_PRELUDE (config.parallel "pmap";
+    auto may pick sharding: test_sharding.py) + body in a fresh python with that many CPU
+    devices; returns its stdout, failing on a non-zero exit."""
+    return lambda body, devices=8: run_python(device_prelude(devices, "pmap")
+                                              + textwrap.dedent(body))
 
 
 def test_pmap_on_8_devices_equals_one_device_after_an_epoch(script):

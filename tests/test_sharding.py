@@ -5,7 +5,6 @@ checkpoints move between pmap, sharding and one device; two processes share one 
 Several CPU devices exist only if XLA_FLAGS is set before jax is imported, so each
 check runs in a fresh process."""
 
-import inspect
 import socket
 import subprocess
 import sys
@@ -15,61 +14,13 @@ import pytest
 
 pytestmark = pytest.mark.slow   # every test starts processes
 
-PRELUDE = """
-import os
-# XLA's CPU optimisation level 0: these tiny programs compile in a third less time
-os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count={devices} "
-                           "--xla_backend_optimization_level=0")
-import jax, jax.numpy as jnp, numpy as np
-from mnist_cnn import networks, parallel, train
-
-{helpers}
-fake_data, synthetic_dataset = {fake_data}, {synthetic_dataset}
-
-def tiny_config(**fields):
-    return {tiny_config}(**{{"parallel": "sharding", **fields}})
-
-def close(a, b, rtol=2e-5, atol=2e-6):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-def epoch(c, members, n=64, reference=None, hp=None):
-    '''One epoch of `c` under its Setup, and of `reference` (default `c`) on one device
-    with plain jit: (setup, one-device state, its losses, the state, its losses).'''
-    reference = reference or c
-    x, y = fake_data(n)
-    nb = train.steps_per_epoch(n, c.batch_size)
-    model = networks.from_config(c)
-    tx = train.make_optimizer(c, nb)
-    st = train.init_states(model, tx, c.seed, members)
-    order = train.epoch_order(st.key, 0, n, members > 1) if c.shuffle else None
-    traced = None if hp is None else train.traced_hp(hp)
-    one = train.make_train_chunk(model, tx, reference, nb, stacked=members > 1)
-    ref, ref_losses, _ = one(jax.tree.map(jnp.copy, st), x, y, order, 0, num_steps=nb,
-                             hp=traced)
-    s = parallel.setup(c, members, sweep=hp is not None)
-    fn = parallel.make_chunk(s, model, tx, c, nb, nb, members > 1, order is not None,
-                             with_hp=hp is not None)
-    extra = () if hp is None else (parallel.place_hp(s, traced),)
-    args = (parallel.place(s, st), parallel.place_data(s, x), parallel.place_data(s, y),
-            parallel.place_order(s, order), 0) + extra
-    global last_program
-    compiled = fn.lower(*args).compile()
-    last_program = compiled.as_text()
-    out, losses, _ = compiled(*args)
-    return s, ref, ref_losses, parallel.host(s, out), parallel.losses_to_host(s, losses)
-"""
-
-
 @pytest.fixture
-def prelude(tiny_config, fake_data, synthetic_dataset):
-    """prelude(devices) -> PRELUDE for that many CPU devices, with conftest.py's tiny
-    config, fake data and synthetic dataset (their source copied in)."""
-    made = (tiny_config, fake_data, synthetic_dataset)
-    helpers = "\n\n".join(inspect.getsource(f) for f in made)
-    return lambda devices: PRELUDE.format(
-        devices=devices, helpers=helpers, tiny_config=tiny_config.__name__,
-        fake_data=fake_data.__name__, synthetic_dataset=synthetic_dataset.__name__)
+def prelude(device_prelude):
+    """prelude(devices) -> conftest.py's DEVICE_PRELUDE for that many CPU devices with
+    config.parallel "sharding", compiled at XLA's CPU optimisation level 0 (these tiny
+    programs compile in a third less time)."""
+    return lambda devices: device_prelude(devices, "sharding",
+                                          "--xla_backend_optimization_level=0")
 
 
 @pytest.fixture

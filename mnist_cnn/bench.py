@@ -50,15 +50,22 @@ KNOWN_PEAK_TFLOPS = {
 }
 
 
-def cpu_model() -> str:
+def cpuinfo(field: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first value of `field` ("model name", "flags", ...) in /proc/cpuinfo; None
+    where the file or the field is missing."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def known_peak(device_kind: str, dtype: str) -> float | None:

@@ -159,3 +159,15 @@ def test_benchmark_bad_input(tmp_path, args, fragment, run_py, assert_user_error
     proc = run_py("--mode=benchmark", *QUICK, *args, f"--benchmark_out={out}")
     assert_user_error(proc, fragment)
     assert not out.exists()
+
+
+def test_cpuinfo_reads_the_first_value_of_a_field(tmp_path):
+    """Fields as Linux writes them (tab-padded names, one block per processor): the first
+    block's value; None for a field or file that is not there."""
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx avx2 fma\n\n"
+                 "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    assert bench.cpuinfo("model name", str(f)) == "AMD EPYC 9B14"
+    assert bench.cpuinfo("flags", str(f)).split() == ["fpu", "avx", "avx2", "fma"]
+    assert bench.cpuinfo("model", str(f)) is None         # a prefix of a field is not it
+    assert bench.cpuinfo("flags", str(tmp_path / "none")) is None

@@ -264,21 +264,12 @@ def test_stored_checkpoint_resumes_where_it_stopped(resumed_fixture, fixture_con
     assert scalars["train_loss"] == {m["epoch"]: np.float32(m["train_loss"]) for m in metrics}
 
 
-def cpu_flags() -> set:
-    """The instruction-set flags /proc/cpuinfo lists for this CPU (empty where none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(l.split(":", 1)[1].split()) for l in f
-                         if l.startswith("flags")), set())
-    except OSError:
-        return set()
-
-
 def same_vector_instructions(written: dict) -> bool:
     """Whether this CPU has the widest vector instructions of the one that wrote the
     fixture (finished/machine.json): XLA's CPU kernels sum in another order with
     AVX-512 than with AVX2, which changes float32 results in the last bits."""
-    return ("avx512f" in cpu_flags()) == written["avx512f"]
+    from mnist_cnn import bench
+    return ("avx512f" in (bench.cpuinfo("flags") or "").split()) == written["avx512f"]
 
 
 def assert_same_values(got, want, exact: bool):

@@ -85,7 +85,10 @@ def test_max_pool_ties_split_as_jax_does(shape, window, stride):
     got = B.max_pool_backward(x, dy, window, stride)
     np.testing.assert_allclose(got, vjp(lambda x: L.max_pool(x, window, stride), x, dy),
                                rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(got.sum(), dy.sum(), rtol=1e-5)   # nothing lost or invented
+    # Nothing lost or invented: the sums agree to float32 rounding of the terms (the sum
+    # itself may be near zero, so the bound scales with their magnitudes).
+    np.testing.assert_allclose(got.sum(), dy.sum(), rtol=0,
+                               atol=1e-6 * float(jnp.abs(dy).sum()))
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "linear"])

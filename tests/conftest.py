@@ -196,9 +196,29 @@ def idx_dataset_dir():
 
 # ---- run.py in a subprocess ----
 
+_FORK_SERVER = []   # this process's forkserver.ForkServer, once started
+
+
+def _fork_server():
+    """The fork server of this test process (started at its first use), or None where
+    MNIST_CNN_TEST_FORK=0 asks for a real process at every run.py."""
+    if os.environ.get("MNIST_CNN_TEST_FORK", "1") == "0":
+        return None
+    if not _FORK_SERVER:
+        import atexit
+        import forkserver
+        _FORK_SERVER.append(forkserver.ForkServer())
+        atexit.register(_FORK_SERVER[0].close)
+    return _FORK_SERVER[0]
+
+
 def _run_py(*args, env=None, timeout=600):
     e = dict(os.environ)
     e.update(env or {})
+    server = _fork_server()
+    done = server and server.run(args, e, timeout)
+    if done:
+        return done
     return subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), *args], cwd=ROOT,
                           env=e, capture_output=True, text=True, timeout=timeout)
 

@@ -111,8 +111,8 @@ def _restore_run(workdir, config):
     members = max(config.num_members, config.num_runs)
     # A template of the right shapes (the optimizer's state has a momentum trace or not).
     steps = train.steps_per_epoch(config_lib.num_train_images(config), config.batch_size)
-    like = train.with_ema(train.init_states(model, train.make_optimizer(config, steps),
-                                            config.seed, members), config.ema_decay)
+    like = train.state_shapes(model, train.make_optimizer(config, steps), members,
+                              config.ema_decay)
     try:
         state, meta = checkpoint.restore_latest(checkpoint.reader(workdir), like,
                                                 check=_epoch_done)
@@ -256,11 +256,27 @@ def member_probabilities(model, params, stacked: bool, images, eval_batch_size=2
 def members_probabilities(model, params, stacked: bool, image_sets, eval_batch_size=200,
                           eval_shifts=0, eval_rotate=0.0, eval_zoom=0.0) -> list:
     """member_probabilities on each of image_sets, from one compiled predict (sets of
-    one shape, validation and test, compile once)."""
-    predict = train.make_predict(model, eval_batch_size, stacked, eval_shifts, eval_rotate,
-                                 eval_zoom)
+    one shape, validation and test, compile once; runs of one network and the same
+    views share it)."""
+    predict = _predictor(model, eval_batch_size, stacked, eval_shifts, eval_rotate,
+                         eval_zoom)
     probs = [np.asarray(predict(params, images)) for images in image_sets]
     return probs if stacked else [p[None] for p in probs]
+
+
+_PREDICTORS: dict = {}   # (repr(model), *options) -> jitted predict; the newest 16
+
+
+def _predictor(model, *options):
+    """train.make_predict(model, *options), made once per network and options: the runs
+    of a committee that share a network trace and compile one predictor. The key is
+    the model's repr, which names every attribute (Flax modules do not hash)."""
+    key = (repr(model), *options)
+    if key not in _PREDICTORS:
+        if len(_PREDICTORS) >= 16:
+            del _PREDICTORS[next(iter(_PREDICTORS))]
+        _PREDICTORS[key] = train.make_predict(model, *options)
+    return _PREDICTORS[key]
 
 
 def _accuracy(pred, labels) -> float:

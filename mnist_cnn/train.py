@@ -86,13 +86,24 @@ def init_state(model, tx, seed) -> TrainState:
 def init_states(model, tx, seed: int, num_members: int, seeds=None) -> TrainState:
     """One state, or `num_members` stacked on axis 0 with seeds seed, seed+1, ...
     (member 0 is the run a single `seed` would give), or one per entry of `seeds`."""
-    if seeds is not None:
-        fn, seeds = jax.vmap(lambda s: init_state(model, tx, s)), jnp.asarray(seeds)
-    elif num_members == 1:
-        fn, seeds = (lambda s: init_state(model, tx, s)), seed
-    else:
-        fn, seeds = jax.vmap(lambda s: init_state(model, tx, s)), seed + jnp.arange(num_members)
+    fn, seeds = _init_program(model, tx, seed, num_members, seeds)
     return _compile_cheaply(fn, seeds)(seeds)
+
+
+def state_shapes(model, tx, num_members: int, ema_decay: float = 0.0) -> TrainState:
+    """What with_ema(init_states(...), ema_decay) returns, as jax.ShapeDtypeStruct
+    leaves: nothing compiled or computed. A template to restore a checkpoint into."""
+    fn, seeds = _init_program(model, tx, 0, num_members)
+    return jax.eval_shape(lambda s: with_ema(fn(s), ema_decay), seeds)
+
+
+def _init_program(model, tx, seed, num_members, seeds=None):
+    """(function of the seed(s) that initialises the state(s), its argument)."""
+    if seeds is not None:
+        return jax.vmap(lambda s: init_state(model, tx, s)), jnp.asarray(seeds)
+    if num_members == 1:
+        return (lambda s: init_state(model, tx, s)), seed
+    return jax.vmap(lambda s: init_state(model, tx, s)), seed + jnp.arange(num_members)
 
 
 def _compile_cheaply(fn, *args, level: int = 1):

@@ -541,6 +541,28 @@ def test_saved_outputs_vote_as_their_runs_did(tmp_path, tiny_runs, run_py):
                             outputs_precision="half")
 
 
+def test_runs_of_one_network_share_one_compiled_predictor(tiny_config, fake_data):
+    """members_probabilities makes one predictor per network and options: two configs
+    of one network share it, and it gives each run's own outputs (against a predictor
+    made afresh); another width, or other views, get their own."""
+    import jax
+    from mnist_cnn import networks, train
+    c = tiny_config()
+    one, same = networks.from_config(c), networks.from_config(tiny_config())
+    wider = tiny_config()
+    wider.layers[0].features += 1
+    other = networks.from_config(wider)
+    assert committee._predictor(one, 50, False) is committee._predictor(same, 50, False)
+    assert committee._predictor(one, 50, False) is not committee._predictor(other, 50, False)
+    assert committee._predictor(one, 50, False) is not committee._predictor(one, 50, False, 1)
+    images = np.asarray(fake_data(20, seed=4)[0])
+    for seed in (0, 1):
+        params = networks.init_params(one, jax.random.PRNGKey(seed))
+        got = committee.members_probabilities(one, params, False, [images], 50)[0][0]
+        want = train.make_predict(one, 50)(params, images)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_fingerprint_names_exactly_the_images_and_labels():
     from mnist_cnn import data
     rng = np.random.default_rng(0)

@@ -1,5 +1,7 @@
 """Training steps: SGD arithmetic, chunked scans, shuffling, evaluation, best epoch."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -355,6 +357,31 @@ def test_compiled_init_equals_the_eager_init_bit_for_bit(init, tiny_config):
     for a, b, s in zip(eager, jax.tree.leaves(compiled), jax.tree.leaves(stacked)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, s[1])
+
+
+@pytest.mark.parametrize("members,ema,optimizer", [(1, 0.0, "sgd"), (3, 0.99, "adam")])
+def test_state_shapes_are_the_initial_states_without_computing_them(members, ema,
+                                                                    optimizer, tiny_config,
+                                                                    caplog):
+    """state_shapes, the template a checkpoint restores into, has the tree, shapes and
+    dtypes of the state init_states computes (with a weight average when ema > 0),
+    and compiles nothing."""
+    c = tiny_config(optimizer=optimizer, momentum=0.9)
+    model = networks.from_config(c)
+    tx = train.make_optimizer(c, 10)
+    real = train.with_ema(train.init_states(model, tx, 7, members), ema)
+    caplog.set_level(logging.WARNING)
+    with jax.log_compiles(True):
+        shapes = train.state_shapes(model, tx, members, ema)
+    assert not [r for r in caplog.messages if "XLA compilation" in r]
+    with jax.log_compiles(True):   # the check sees a compilation where there is one
+        train.init_states(model, tx, 7, members)
+    assert [r for r in caplog.messages if "XLA compilation" in r]
+    assert jax.tree.structure(shapes) == jax.tree.structure(real)
+    for s, r in zip(jax.tree.leaves(shapes), jax.tree.leaves(real)):
+        assert isinstance(s, jax.ShapeDtypeStruct)
+        assert (s.shape, s.dtype) == (r.shape, r.dtype)
+    assert (shapes.ema is None) == (ema == 0.0)
 
 
 @pytest.mark.parametrize("micro", [2, 4])

@@ -138,12 +138,12 @@ NETWORKS = [
 
 @pytest.mark.parametrize("spec", range(len(NETWORKS)))
 @pytest.mark.parametrize("init", ["network3", "modern"])
-def test_network_grads_equal_jax_grad_of_the_flax_model(spec, init):
+def test_network_grads_equal_jax_grad_of_the_flax_model(spec, init, init_params):
     """The manual backward pass of a whole network equals jax.grad of the cost the
     training step differentiates (the Flax model + network3's L2 term)."""
     layers = tuple(dict(l) for l in NETWORKS[spec])
     model = networks.Network(layers=layers, init_scheme=init, conv_impl="xla")
-    params = networks.init_params(model, jax.random.PRNGKey(spec))
+    params = init_params(model, jax.random.PRNGKey(spec))
     x = jax.random.uniform(jax.random.PRNGKey(20), (6, 28, 28, 1))
     y = jnp.array([0, 1, 2, 3, 4, 9])
 
@@ -162,12 +162,12 @@ def test_network_grads_equal_jax_grad_of_the_flax_model(spec, init):
 
 
 @pytest.mark.slow
-def test_network_grads_with_dropout_masks_equal_autodiff():
+def test_network_grads_with_dropout_masks_equal_autodiff(init_params):
     layers = (dict(config_lib.conv_pool(3, activation="relu")),
               dict(config_lib.fc(20, activation="relu", dropout=0.5)),
               dict(config_lib.softmax(10, dropout=0.3)))
     model = networks.Network(layers=layers, init_scheme="modern")
-    params = networks.init_params(model, jax.random.PRNGKey(1))
+    params = init_params(model, jax.random.PRNGKey(1))
     x = jax.random.uniform(jax.random.PRNGKey(2), (4, 28, 28, 1))
     y = jnp.array([1, 2, 3, 4])
     masks = {"layer1_fc": jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (4, 432)),
@@ -182,14 +182,14 @@ def test_network_grads_with_dropout_masks_equal_autodiff():
 
 
 @pytest.mark.slow
-def test_network_grads_agree_with_float64_finite_differences():
+def test_network_grads_agree_with_float64_finite_differences(init_params):
     layers = (dict(config_lib.conv_pool(2, kernel=5, activation="tanh")),
               dict(config_lib.conv_pool(2, kernel=3, pool="l2", activation="sigmoid")),
               dict(config_lib.softmax(10)))
     with jax.enable_x64(True):
         model = networks.Network(layers=layers, init_scheme="modern")
         params = jax.tree.map(lambda p: p.astype(jnp.float64),
-                              networks.init_params(model, jax.random.PRNGKey(5)))
+                              init_params(model, jax.random.PRNGKey(5)))
         x = jax.random.uniform(jax.random.PRNGKey(6), (3, 28, 28, 1), jnp.float64)
         y = jnp.array([3, 1, 4])
         cost_and_grads = jax.jit(lambda p: B.network_grads(p, layers, x, y, lmbda=0.2,
@@ -225,7 +225,7 @@ def test_training_with_manual_gradients_equals_autodiff(tiny_config, fake_data):
                     config_lib.fc(8, activation="sigmoid"), config_lib.softmax(10))
         model = networks.from_config(c)
         tx = train.make_optimizer(c, 10)
-        state = train.init_state(model, tx, 0)
+        state = train.init_states(model, tx, 0, 1)
         chunk = train.make_train_chunk(model, tx, c, 10)
         state, losses_, _ = chunk(state, x, y, train.shuffle_order(state.key, 0, 40), 0,
                                   num_steps=10)
@@ -253,7 +253,7 @@ def test_manual_training_steps_with_dropout_equal_jax_grad_with_the_same_masks(
     x = data.to_float(x)
     model = networks.from_config(c)
     tx = train.make_optimizer(c, 10)
-    state = train.init_state(model, tx, 0)
+    state = train.init_states(model, tx, 0, 1)
     step = jax.jit(train.make_train_step(model, tx, c.l2, 10, config=c))
 
     def reference_step(state, dropped=True):

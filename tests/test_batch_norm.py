@@ -25,10 +25,10 @@ def small_config(batch_norm=True):
     return config_lib.validate(c)
 
 
-def perturbed_params(model, seed=0):
+def perturbed_params(init_params, model, seed=0):
     """Initial parameters with every batch-norm value moved off its default, so a
     forward pass that ignored one of them would show."""
-    params = networks.init_params(model, jax.random.PRNGKey(seed))
+    params = init_params(model, jax.random.PRNGKey(seed))
     rng = np.random.default_rng(seed)
     out = {}
     for name, layer in params.items():
@@ -65,11 +65,11 @@ def relu(v):
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
-def test_conv_layers_match_numpy(train_mode, conv_layer_ref):
+def test_conv_layers_match_numpy(train_mode, conv_layer_ref, init_params):
     c = small_config()
     c.layers[2].dropout = 0.0     # deterministic forward, to compare the logits
     model = networks.from_config(c)
-    params = perturbed_params(model)
+    params = perturbed_params(init_params, model)
     p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
     x = np.random.default_rng(1).uniform(size=(6, 28, 28, 1))
     h, _ = conv_layer_ref(x, p["layer0_conv"], relu, train_mode)
@@ -81,13 +81,13 @@ def test_conv_layers_match_numpy(train_mode, conv_layer_ref):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
-def test_training_normalises_each_feature_map():
+def test_training_normalises_each_feature_map(init_params):
     """In training each map leaves the normalisation with mean b and std g (over the
     batch and positions), whatever its scale going in."""
     c = small_config()
     c.layers[0].activation = "linear"
     model = networks.from_config(c)
-    params = perturbed_params(model, seed=3)
+    params = perturbed_params(init_params, model, seed=3)
     x = 40.0 * jax.random.uniform(jax.random.PRNGKey(2), (32, 28, 28, 1))
     conv = networks.ConvPool(4, 3, activation="linear", init_scheme="modern",
                              batch_norm=True)
@@ -104,13 +104,13 @@ def batch_moments_ref(conv_layer_ref, x, p):
     return m0, m1
 
 
-def test_calibrate_sets_population_moments(conv_layer_ref):
+def test_calibrate_sets_population_moments(conv_layer_ref, init_params):
     """make_calibrate = the size-weighted mean over batches (250 images in batches of
     80: three and a remainder of 10) of each batch's mean and mean square, computed in
     numpy; for one network and for stacked members."""
     c = small_config()
     model = networks.from_config(c)
-    members = [perturbed_params(model, seed=s) for s in (0, 1)]
+    members = [perturbed_params(init_params, model, seed=s) for s in (0, 1)]
     images = np.random.default_rng(5).integers(0, 256, (250, 28, 28), dtype=np.uint8)
     x = images[..., None].astype(np.float64) / 255.0
     x[160:] *= 0.3    # the last batch and the remainder unlike the first ones
@@ -140,12 +140,12 @@ def test_calibrate_sets_population_moments(conv_layer_ref):
                 np.testing.assert_array_equal(g[name]["w"], p[name]["w"].astype(np.float32))
 
 
-def test_calibrating_twice_gives_what_once_does():
+def test_calibrating_twice_gives_what_once_does(init_params):
     """Calibrating layer 1 uses layer 0 at its population moments: calibrating twice
     gives what calibrating once does (the moments are a function of the weights and
     images only, not of the stored moments)."""
     model = networks.from_config(small_config())
-    params = perturbed_params(model, seed=4)
+    params = perturbed_params(init_params, model, seed=4)
     images = jnp.asarray(np.random.default_rng(6).integers(0, 256, (100, 28, 28),
                                                            dtype=np.uint8))
     calibrate = train.make_calibrate(model, batch_size=50)
@@ -155,11 +155,11 @@ def test_calibrating_twice_gives_what_once_does():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_stored_moments_get_no_gradient_and_stay_put_in_training():
+def test_stored_moments_get_no_gradient_and_stay_put_in_training(init_params):
     c = small_config()
     c.momentum, c.nesterov, c.l2 = 0.9, True, 1.0
     model = networks.from_config(c)
-    params = perturbed_params(model)
+    params = perturbed_params(init_params, model)
     x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
     y = jnp.arange(8) % 10
     grads, _ = jax.jit(lambda p: jax.grad(train.loss_fn, has_aux=True)(   # jit: one compile

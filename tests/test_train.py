@@ -14,7 +14,7 @@ from mnist_cnn import augment, data, losses, networks, train
 def setup(c, num_batches):
     model = networks.from_config(c)
     tx = train.make_optimizer(c, num_batches)
-    return model, tx, train.init_state(model, tx, c.seed)
+    return model, tx, train.init_states(model, tx, c.seed, 1)
 
 
 def test_one_step_is_sgd_on_loglikelihood_plus_network3_l2(tiny_config, fake_data):
@@ -343,9 +343,10 @@ def test_train_step_takes_nesterov_steps_on_the_costs_gradient(tiny_config, fake
 
 
 @pytest.mark.parametrize("init", ["network3", "modern"])
-def test_compiled_init_equals_the_eager_init_bit_for_bit(init, tiny_config):
+def test_compiled_init_equals_the_eager_init_bit_for_bit(init, tiny_config, init_params):
     """init_states compiles at a low XLA optimisation level; it must not change a bit
-    of the initial state (the README's measured runs were made with the eager init)."""
+    of the initial state (the README's measured runs were made with the eager init).
+    Nor the tests' compiled networks.init_params."""
     c = tiny_config(init=init)
     c.layers = (config_lib.conv_pool(3), config_lib.conv_pool(4, kernel=3),
                 config_lib.fc(7, activation="relu"), config_lib.softmax(10))
@@ -357,6 +358,10 @@ def test_compiled_init_equals_the_eager_init_bit_for_bit(init, tiny_config):
     for a, b, s in zip(eager, jax.tree.leaves(compiled), jax.tree.leaves(stacked)):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, s[1])
+    key = jax.random.PRNGKey(9)
+    for a, b in zip(jax.tree.leaves(networks.init_params(model, key)),
+                    jax.tree.leaves(init_params(model, key))):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("members,ema,optimizer", [(1, 0.0, "sgd"), (3, 0.99, "adam")])

@@ -44,7 +44,7 @@ def test_a_forked_run_answers_as_a_real_process(server, tmp_path, args):
 
 
 def test_a_forked_training_run_writes_what_a_real_one_writes(server, tmp_path, mnist_dir):
-    args = ["--config=experiments/dbl_conv_relu.py", "--config.num_epochs=1",
+    args = ["--config=experiments/shallow.py", "--config.num_epochs=1",
             "--config.train_size=20", "--config.batch_size=10", "--config.plots=False",
             "--config.tensorboard=False"]
     env = dict(os.environ)
